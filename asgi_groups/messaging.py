@@ -1,0 +1,595 @@
+"""The chat protocol as a ready view: JSON in, validated, routed to a group, a user or everyone.
+
+Inbound ``{"type": "BroadCast" | "Group" | "Direct" | "Presence", "text": ..., "group"?: ...,
+"user_name"?: ...}`` (``type`` and ``user_name`` are case-insensitive). Outbound envelopes say who
+sent what to whom. Bad input gets one ``{"type": "error", "error": code, "detail": ...}`` frame and
+the socket stays open; floods and endless errors are closed with 4429 / 4408.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
+
+from . import codes
+from .errors import AsgiGroupsError, BackendUnavailable, ConnectionClosed
+from .frames import Frame
+from .limits import KiB
+from .registry import MAX_GROUP_NAME, Registry
+from .request import Request
+from .types import Receive, Scope, Send, UserLike
+from .views import WsView
+
+__all__ = [
+    "DEFAULT_ERROR_BUDGET",
+    "DEFAULT_ERROR_WINDOW",
+    "DEFAULT_MAX_TEXT_BYTES",
+    "DEFAULT_RATE_BURST",
+    "DEFAULT_RATE_LIMIT",
+    "DEFAULT_RATE_LIMIT_STRIKES",
+    "BroadcastIn",
+    "ChatMessage",
+    "DirectIn",
+    "Directory",
+    "ErrorCode",
+    "ErrorFrame",
+    "GroupIn",
+    "Hello",
+    "InboundError",
+    "InboundMessage",
+    "LocalDirectory",
+    "MessagingView",
+    "Presence",
+    "PresenceIn",
+    "StaticDirectory",
+    "TokenBucket",
+    "UserRef",
+    "WindowCounter",
+    "decode_inbound",
+]
+
+logger = logging.getLogger("asgi_groups.messaging")
+
+#: Largest ``text`` of one chat message, in UTF-8 bytes (larger: ``text_too_long``).
+DEFAULT_MAX_TEXT_BYTES = 4 * KiB
+#: Inbound messages per second a connection may send on average ...
+DEFAULT_RATE_LIMIT = 20.0
+#: ... and in one burst.
+DEFAULT_RATE_BURST = 40
+#: ``rate_limited`` replies allowed per ``rate_limit_window`` before closing with 4429.
+DEFAULT_RATE_LIMIT_STRIKES = 20
+DEFAULT_RATE_LIMIT_WINDOW = 60.0
+#: Error frames allowed per ``error_window`` seconds before closing with 4408.
+DEFAULT_ERROR_BUDGET = 30
+DEFAULT_ERROR_WINDOW = 60.0
+#: Longest username accepted in ``user_name``.
+MAX_USER_NAME = 150
+
+
+# -- protocol: inbound -------------------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    """The ``error`` field of an error frame."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_MESSAGE = "invalid_message"
+    TEXT_TOO_LONG = "text_too_long"
+    UNKNOWN_GROUP = "unknown_group"
+    UNKNOWN_USER = "unknown_user"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+
+
+class _Inbound(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class BroadcastIn(_Inbound):
+    """``{"type": "BroadCast", "text": ...}``: to everyone."""
+
+    type: Literal["broadcast"] = "broadcast"
+    text: str = Field(min_length=1)
+
+
+class GroupIn(_Inbound):
+    """``{"type": "Group", "group": ..., "text": ...}``: to every member of a group."""
+
+    type: Literal["group"] = "group"
+    text: str = Field(min_length=1)
+    group: str = Field(min_length=1, max_length=MAX_GROUP_NAME)
+
+
+class DirectIn(_Inbound):
+    """``{"type": "Direct", "user_name": ..., "text": ...}``: to every tab of one user."""
+
+    type: Literal["direct"] = "direct"
+    text: str = Field(min_length=1)
+    user_name: str = Field(min_length=1, max_length=MAX_USER_NAME)
+
+
+class PresenceIn(_Inbound):
+    """``{"type": "Presence"}``: who is online in each of my groups."""
+
+    type: Literal["presence"] = "presence"
+
+
+InboundMessage = BroadcastIn | GroupIn | DirectIn | PresenceIn
+
+_MODELS: dict[str, type[BroadcastIn] | type[GroupIn] | type[DirectIn] | type[PresenceIn]] = {
+    "broadcast": BroadcastIn,
+    "group": GroupIn,
+    "direct": DirectIn,
+    "presence": PresenceIn,
+}
+_TYPES_HELP = "expected type BroadCast, Group, Direct or Presence"
+
+
+# -- protocol: outbound ------------------------------------------------------------------------
+
+
+class _Outbound(BaseModel):
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True)
+
+    def frame(self) -> Frame:
+        """Encoded once; the same frame goes to every recipient."""
+        return Frame.text(self.model_dump_json(by_alias=True, exclude_none=True))
+
+
+class ChatMessage(_Outbound):
+    """A delivered message: ``{"type", "from", "text", "ts", "id", "group"?, "to"?}``."""
+
+    type: Literal["broadcast", "group", "direct"]
+    from_: str = Field(serialization_alias="from")
+    text: str
+    ts: float  # server time, seconds since the epoch
+    id: str  # unique per message: lets a page drop a copy it already shows
+    group: str | None = None
+    to: str | None = None
+
+
+class ErrorFrame(_Outbound):
+    """``{"type": "error", "error": code, "detail": ...}``: one per bad inbound frame."""
+
+    type: Literal["error"] = "error"
+    error: ErrorCode
+    detail: str
+
+
+class Presence(_Outbound):
+    """``{"type": "presence", "group", "users"}``: usernames online in a group."""
+
+    type: Literal["presence"] = "presence"
+    group: str
+    users: list[str]
+
+
+class Hello(_Outbound):
+    """Sent once on connect: who I am, my groups, and the groups and users I can address."""
+
+    type: Literal["hello"] = "hello"
+    user: str
+    groups: list[str]
+    all_groups: list[str]
+    users: list[str]
+
+
+class InboundError(NamedTuple):
+    """Why an inbound frame was refused (``decode_inbound`` returns it, never raises)."""
+
+    code: ErrorCode
+    detail: str
+
+    def frame(self) -> Frame:
+        return ErrorFrame(error=self.code, detail=self.detail).frame()
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else str(err["msg"])
+
+
+def decode_inbound(
+    data: str | bytes, *, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+) -> InboundMessage | InboundError:
+    """Parse and validate one inbound frame; never raises, whatever the input.
+
+    JSON is parsed by pydantic-core's parser, which bounds nesting (200 levels) without using
+    the Python stack and refuses integers too long to convert, so hostile input costs one pass.
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        try:
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            return InboundError(ErrorCode.INVALID_UTF8, "binary frame is not valid UTF-8")
+    try:
+        raw = from_json(data, allow_inf_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        reason = str(exc)
+        if isinstance(data, str) and not _encodable(data):
+            return InboundError(ErrorCode.INVALID_UTF8, "text is not valid Unicode")
+        if "recursion limit" in reason:
+            return InboundError(ErrorCode.INVALID_MESSAGE, "JSON nested too deeply")
+        if "number out of range" in reason:
+            return InboundError(ErrorCode.INVALID_MESSAGE, "number out of range")
+        return InboundError(ErrorCode.INVALID_JSON, f"not valid JSON ({reason[:120]})")
+    if not isinstance(raw, dict):
+        return InboundError(ErrorCode.INVALID_MESSAGE, "a message is a JSON object")
+    kind = raw.get("type")
+    kind = kind.lower() if isinstance(kind, str) and len(kind) < 20 else None
+    model = _MODELS.get(kind) if kind is not None else None
+    if model is None:
+        return InboundError(ErrorCode.INVALID_MESSAGE, f"type: {_TYPES_HELP}")
+    raw["type"] = kind
+    try:
+        message: InboundMessage = model.model_validate(raw)
+    except ValidationError as exc:
+        return InboundError(ErrorCode.INVALID_MESSAGE, _validation_detail(exc))
+    except (ValueError, TypeError, RecursionError):
+        return InboundError(ErrorCode.INVALID_MESSAGE, "message does not validate")
+    text = getattr(message, "text", None)
+    if text is not None and len(text) > max_text_bytes // 4:  # else it cannot be too long
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return InboundError(ErrorCode.INVALID_UTF8, "text is not valid Unicode")
+        if size > max_text_bytes:
+            return InboundError(
+                ErrorCode.TEXT_TOO_LONG, f"text is over {max_text_bytes} bytes of UTF-8"
+            )
+    return message
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# -- abuse limits ------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; ``take(now)`` spends one if there is one."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        elapsed = now - self.stamp
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class WindowCounter:
+    """Events in the last ``window`` seconds; ``hit(now)`` is True while within ``limit``."""
+
+    __slots__ = ("_events", "limit", "window")
+
+    def __init__(self, limit: int, window: float) -> None:
+        if limit < 0 or window <= 0:
+            raise ValueError("limit must be >= 0 and window positive")
+        self.limit = limit
+        self.window = window
+        self._events: deque[float] = deque(maxlen=limit + 1)
+
+    def hit(self, now: float) -> bool:
+        events = self._events
+        while events and now - events[0] >= self.window:
+            events.popleft()
+        events.append(now)
+        return len(events) <= self.limit
+
+
+# -- who is who --------------------------------------------------------------------------------
+
+
+class UserRef(NamedTuple):
+    """A user found by name: the id the registry knows them by and the canonical username."""
+
+    id: str
+    username: str
+
+
+@runtime_checkable
+class Directory(Protocol):
+    """Where a messaging view looks up users and groups (e.g. a user store, with a cache)."""
+
+    async def find_user(self, user_name: str) -> UserRef | None:
+        """The user called ``user_name``, compared case-insensitively."""
+        ...
+
+    async def username_of(self, user_id: str) -> str | None: ...
+
+    async def group_exists(self, name: str) -> bool: ...
+
+    async def listing(self) -> tuple[list[str], list[str]]:
+        """All group names and all usernames a page may offer as recipients."""
+        ...
+
+
+class LocalDirectory:
+    """The users connected to this process; any group exists. The default, for small apps."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def find_user(self, user_name: str) -> UserRef | None:
+        wanted = user_name.casefold()
+        for conn in self.registry.connections():
+            user = conn.user
+            if user is not None and conn.user_id and user.username.casefold() == wanted:
+                return UserRef(conn.user_id, user.username)
+        return None
+
+    async def username_of(self, user_id: str) -> str | None:
+        for conn in self.registry.connections(user_id):
+            if conn.user is not None:
+                return conn.user.username
+        return None
+
+    async def group_exists(self, name: str) -> bool:
+        return True
+
+    async def listing(self) -> tuple[list[str], list[str]]:
+        return [], []
+
+
+class StaticDirectory:
+    """A fixed set of users; groups are the union of theirs (plus ``groups``)."""
+
+    def __init__(self, users: Iterable[UserLike], groups: Iterable[str] = ()) -> None:
+        people = list(users)
+        self._by_name = {u.username.casefold(): UserRef(str(u.id), u.username) for u in people}
+        self._by_id = {ref.id: ref.username for ref in self._by_name.values()}
+        self._groups = set(groups).union(*(u.groups for u in people))
+
+    async def find_user(self, user_name: str) -> UserRef | None:
+        return self._by_name.get(user_name.casefold())
+
+    async def username_of(self, user_id: str) -> str | None:
+        return self._by_id.get(user_id)
+
+    async def group_exists(self, name: str) -> bool:
+        return name in self._groups
+
+    async def listing(self) -> tuple[list[str], list[str]]:
+        return sorted(self._groups), sorted(self._by_id.values(), key=str.casefold)
+
+
+# -- the view ----------------------------------------------------------------------------------
+
+
+class MessagingView(WsView):
+    """A ready WebSocket endpoint for the chat protocol; override the hooks to adapt it.
+
+    Hooks: ``authorize(message)``, ``resolve_user(user_name)``, ``group_exists(name)``,
+    ``username_of(user_id)``; the lookups default to ``directory`` (a constructor option or
+    class attribute) or, without one, to the users connected to this process.
+
+    Limits (class attributes, ``None`` disables): ``max_text_bytes``; ``rate_limit`` messages/s
+    with bursts of ``rate_burst``, and more than ``rate_limit_strikes`` refusals per
+    ``rate_limit_window`` s closes with 4429; more than ``error_budget`` error frames per
+    ``error_window`` s closes with 4408. ``clock`` (an option) replaces ``time.monotonic``.
+    """
+
+    login_required: ClassVar[bool] = True
+    directory: ClassVar[Directory | None] = None
+    max_text_bytes: ClassVar[int] = DEFAULT_MAX_TEXT_BYTES
+    rate_limit: ClassVar[float | None] = DEFAULT_RATE_LIMIT
+    rate_burst: ClassVar[int] = DEFAULT_RATE_BURST
+    rate_limit_strikes: ClassVar[int | None] = DEFAULT_RATE_LIMIT_STRIKES
+    rate_limit_window: ClassVar[float] = DEFAULT_RATE_LIMIT_WINDOW
+    error_budget: ClassVar[int | None] = DEFAULT_ERROR_BUDGET
+    error_window: ClassVar[float] = DEFAULT_ERROR_WINDOW
+    #: Tell a user's groups who is online whenever one of their sockets opens or closes.
+    announce_presence: ClassVar[bool] = True
+    #: The sender's own tabs get a copy of a direct message, and of a group message to a group
+    #: they are not in, so every page shows the conversation.
+    echo_to_sender: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        request: Request,
+        registry: Registry | None = None,
+        *,
+        directory: Directory | None = None,
+        clock: Callable[[], float] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(request, registry, **options)
+        self.users: Directory = directory or type(self).directory or LocalDirectory(self.registry)
+        self.clock: Callable[[], float] = clock or time.monotonic
+        now = self.clock()
+        self._bucket = (
+            TokenBucket(self.rate_limit, self.rate_burst, now) if self.rate_limit else None
+        )
+        self._strikes = (
+            WindowCounter(self.rate_limit_strikes, self.rate_limit_window)
+            if self.rate_limit_strikes is not None
+            else None
+        )
+        self._errors = (
+            WindowCounter(self.error_budget, self.error_window)
+            if self.error_budget is not None
+            else None
+        )
+        self._member_of: set[str] = set()
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    async def authorize(self, message: InboundMessage) -> bool:
+        """May this user send ``message``? Default: any logged-in user may send anything."""
+        return bool(self.user.is_authenticated)
+
+    async def resolve_user(self, user_name: str) -> UserRef | None:
+        """The recipient of a direct message, by case-insensitive username."""
+        return await self.users.find_user(user_name)
+
+    async def group_exists(self, name: str) -> bool:
+        return await self.users.group_exists(name)
+
+    async def username_of(self, user_id: str) -> str | None:
+        """A username for presence lists (``None`` shows the id)."""
+        return await self.users.username_of(user_id)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def on_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.accept()
+        conn = self._conn()
+        self._member_of = set(conn.groups)
+        mine = sorted(self._member_of)
+        all_groups, users = await self.users.listing()
+        hello = Hello(
+            user=self.user.username,
+            groups=mine,
+            all_groups=sorted({*all_groups, *mine}),
+            users=users,
+        )
+        await self._send_frame(hello.frame())  # the socket may have been revoked meanwhile
+        if self.announce_presence:
+            await self._announce(mine)
+
+    async def on_receive(self, scope: Scope, receive: Receive, send: Send) -> None:
+        now = self.clock()
+        if self._bucket is not None and not self._bucket.take(now):
+            await self._refuse_flood(now)
+            return
+        data = self.kwargs.get("text")
+        if data is None:
+            data = self.kwargs.get("bytes") or b""
+        message = decode_inbound(data, max_text_bytes=self.max_text_bytes)
+        if isinstance(message, InboundError):
+            await self.error(message.code, message.detail)
+            return
+        await self.handle(message)
+
+    async def on_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.announce_presence and self._member_of:
+            await self._announce(sorted(self._member_of))
+
+    async def join(self, group: str) -> None:
+        await super().join(group)
+        self._member_of.add(group)
+
+    async def leave(self, group: str) -> None:
+        await super().leave(group)
+        self._member_of.discard(group)
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def handle(self, message: InboundMessage) -> None:
+        """Route one valid message (or answer a presence request)."""
+        if isinstance(message, PresenceIn):
+            try:
+                for group in sorted(self._conn().groups):
+                    await self._send_frame(await self.presence(group))
+            except BackendUnavailable:  # presence spans processes: it needs the backend
+                await self.error(ErrorCode.UNAVAILABLE, "presence unavailable, try again")
+            return
+        if not await self.authorize(message):
+            await self.error(ErrorCode.FORBIDDEN, "you may not send this message")
+            return
+        me = self._conn()
+        mine = me.user_id
+        try:
+            if isinstance(message, GroupIn):
+                if not await self.group_exists(message.group):
+                    await self.error(ErrorCode.UNKNOWN_GROUP, f"no group {message.group!r}")
+                    return
+                frame = self._envelope(message, group=message.group)
+                await self.registry.send_group(message.group, frame)
+                if self.echo_to_sender and mine and message.group not in me.groups:
+                    await self.registry.send_user(mine, frame)
+            elif isinstance(message, DirectIn):
+                target = await self.resolve_user(message.user_name)
+                if target is None:
+                    await self.error(ErrorCode.UNKNOWN_USER, f"no user {message.user_name!r}")
+                    return
+                frame = self._envelope(message, to=target.username)
+                await self.registry.send_user(target.id, frame)
+                if self.echo_to_sender and mine and target.id != mine:
+                    await self.registry.send_user(mine, frame)
+            else:
+                await self.registry.broadcast(self._envelope(message))
+        except BackendUnavailable:
+            logger.warning("message from %s not delivered: backend unavailable", mine)
+            await self.error(ErrorCode.UNAVAILABLE, "message not delivered, try again")
+
+    def _envelope(
+        self,
+        message: GroupIn | DirectIn | BroadcastIn,
+        *,
+        group: str | None = None,
+        to: str | None = None,
+    ) -> Frame:
+        return ChatMessage(
+            type=message.type,
+            from_=self.user.username,
+            text=message.text,
+            ts=round(time.time(), 3),
+            id=uuid.uuid4().hex,
+            group=group,
+            to=to,
+        ).frame()
+
+    async def presence(self, group: str) -> Frame:
+        """The presence frame of ``group``: usernames online in any process, sorted."""
+        online = await self.registry.presence(group)
+        names = [await self.username_of(uid) or uid for uid in online]
+        return Presence(group=group, users=sorted(set(names), key=str.casefold)).frame()
+
+    async def _announce(self, groups: list[str]) -> None:
+        for group in groups:
+            try:
+                await self.registry.send_group(group, await self.presence(group))
+            except AsgiGroupsError as exc:  # shutting down, or the backend is away
+                logger.debug("presence for %r not announced: %r", group, exc)
+
+    # -- errors and limits -------------------------------------------------------------------
+
+    async def error(self, code: ErrorCode, detail: str) -> None:
+        """Send one error frame; past the error budget, also close with 4408."""
+        over = self._errors is not None and not self._errors.hit(self.clock())
+        await self._send_frame(InboundError(code, detail).frame())
+        if over:
+            await self.close(codes.TOO_MANY_ERRORS, "too many errors")
+
+    async def _refuse_flood(self, now: float) -> None:
+        over = self._strikes is not None and not self._strikes.hit(now)
+        await self._send_frame(
+            InboundError(ErrorCode.RATE_LIMITED, "slow down: too many messages").frame()
+        )
+        if over:
+            await self.close(codes.RATE_LIMITED, "rate limit exceeded")
+
+    async def _send_frame(self, frame: Frame) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._conn().send(frame)

@@ -1,0 +1,432 @@
+"""The Registry: the one object an application talks to — join, leave, send, presence, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import codes
+from .backends import BROADCAST, Backend, backend_from_url
+from .backends.base import PresenceEvent
+from .connection import Connection
+from .errors import ConnectionClosed, MessageTooLarge, RegistryClosed
+from .frames import Frame, encode
+from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_LIMITS, QueueLimits
+from .membership import Membership
+from .types import Send, UserLike
+
+if TYPE_CHECKING:
+    from .sync import SyncRegistry
+
+__all__ = ["PresenceCallback", "PresenceEvent", "Registry", "Stats"]
+
+logger = logging.getLogger("asgi_groups.registry")
+
+Exclude = Connection | str | None
+#: ``callback(event)``, sync or async, registered with ``Registry.on_presence``.
+PresenceCallback = Callable[[PresenceEvent], Awaitable[None] | None]
+
+MAX_GROUP_NAME = 200
+
+_SYNC_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of a registry's counters (this process only; presence spans processes)."""
+
+    connections: int
+    users: int
+    groups: int
+    messages_sent: int
+    deliveries: int
+    dropped: int
+    slow_closed: int
+    backend: dict[str, Any] = field(default_factory=dict)
+
+
+def _channel_of_group(group: str) -> str:
+    if not isinstance(group, str) or not group or len(group) > MAX_GROUP_NAME:
+        raise ValueError(f"group names are non-empty strings of at most {MAX_GROUP_NAME} chars")
+    return "g:" + group
+
+
+def _user_key(user_id: object) -> str:
+    if user_id is None:
+        raise ValueError("user_id is required")
+    return str(user_id)
+
+
+class Registry:
+    """Groups, users and connections of this process, reaching other processes through a backend.
+
+    ``Registry()`` / ``Registry("memory://")`` is single-process; ``Registry("redis://…")``
+    spans processes (``pip install 'asgi-groups[redis]'``). Use ``async with Registry() as r``
+    or ``await r.start()`` / ``await r.close()``. User ids are compared as strings.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        limits: QueueLimits = DEFAULT_QUEUE_LIMITS,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        backend: Backend | None = None,
+        **backend_options: Any,
+    ) -> None:
+        self.url = url or "memory://"
+        self._members: Membership[Connection] = Membership()
+        self._by_id: dict[str, Connection] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.limits = limits
+        self.max_message_size = max_message_size
+        self.backend = backend if backend is not None else backend_from_url(url, **backend_options)
+        self.backend.bind(
+            self._deliver_local, self._apply_control, self._members.presence, self._presence_event
+        )
+        self._presence_callbacks: list[PresenceCallback] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sync: SyncRegistry | None = None
+        self._started = False
+        self._messages_sent = 0
+        self._deliveries = 0
+        self._dropped = 0
+        self._slow_closed = 0
+        self._delivering = False
+        self._detach_later: list[Connection] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        await self.backend.start()
+        await self.backend.subscribe(BROADCAST)
+        self._started = True
+
+    async def close(self) -> None:
+        """Close every local connection (1012, the server is going away) and the backend."""
+        if not self._started:
+            return
+        self._started = False
+        for conn in list(self._members.members()):
+            conn.close(codes.SERVICE_RESTART, "server shutting down")
+        await self.backend.close()
+        pending = [task for task in self._tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the registry was started on (``None`` before the first start)."""
+        return self._loop
+
+    @property
+    def sync(self) -> SyncRegistry:
+        """Blocking send / presence / disconnect for sync code and other threads (see ``sync``)."""
+        if self._sync is None:
+            from .sync import SyncRegistry
+
+            with _SYNC_LOCK:  # threads may race to the first use
+                if self._sync is None:
+                    self._sync = SyncRegistry(self)
+        return self._sync
+
+    async def __aenter__(self) -> Registry:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def connect(
+        self,
+        send: Send,
+        user: UserLike | None = None,
+        *,
+        owner: asyncio.Task[Any] | None = None,
+        limits: QueueLimits | None = None,
+    ) -> Connection:
+        """Register an accepted socket whose frames go to ``send``; returns its Connection."""
+        self._require_started()
+        conn = Connection(send, user, registry=self, limits=limits or self.limits, owner=owner)
+        self._by_id[conn.id] = conn
+        if self._members.add(conn):
+            assert conn.user_id is not None
+            await self.backend.subscribe("u:" + conn.user_id)
+        return conn
+
+    def get(self, connection_id: str) -> Connection | None:
+        """The local connection with this id, if any."""
+        return self._by_id.get(connection_id)
+
+    def connections(self, user_id: object | None = None) -> list[Connection]:
+        """Local connections, all or one user's."""
+        if user_id is None:
+            return list(self._members.members())
+        return list(self._members.user(_user_key(user_id)))
+
+    async def join(self, conn: Connection, group: str) -> None:
+        """Put ``conn`` in ``group`` (no-op if already there)."""
+        channel = _channel_of_group(group)
+        if not conn.is_open or conn not in self._members:
+            raise ConnectionClosed(f"connection {conn.id} is closed")
+        user_id = conn.user_id
+        fresh = user_id is not None and conn not in self._members.group(group)
+        created = self._members.join(conn, group)
+        if fresh:
+            assert user_id is not None
+            self._presence_changed(group, user_id, joined=True)
+        if created:
+            try:
+                await self.backend.subscribe(channel)
+            except BaseException:
+                self._leave(conn, group)
+                raise
+        if fresh:
+            await self.backend.flush_presence()
+
+    async def leave(self, conn: Connection, group: str) -> None:
+        """Take ``conn`` out of ``group`` (no-op if not there)."""
+        _channel_of_group(group)
+        self._leave(conn, group)
+
+    def groups_of(self, conn: Connection) -> frozenset[str]:
+        return self._members.groups_of(conn)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send_group(self, group: str, message: Any, *, exclude: Exclude = None) -> None:
+        """Send to every connection in ``group``, in every process."""
+        await self._publish(_channel_of_group(group), message, exclude)
+
+    async def send_user(self, user_id: object, message: Any, *, exclude: Exclude = None) -> None:
+        """Send to every connection (every tab, every process) of one user."""
+        await self._publish("u:" + _user_key(user_id), message, exclude)
+
+    async def broadcast(self, message: Any, *, exclude: Exclude = None) -> None:
+        """Send to every connection in every process."""
+        await self._publish(BROADCAST, message, exclude)
+
+    def frame(self, message: Any) -> Frame:
+        """Encode ``message`` once, refusing it when over ``max_message_size``."""
+        frame = encode(message)
+        if frame.size > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {frame.size} bytes is over max_message_size={self.max_message_size}"
+            )
+        return frame
+
+    async def _publish(self, channel: str, message: Any, exclude: Exclude) -> None:
+        self._require_started()
+        frame = self.frame(message)
+        exclude_id = exclude.id if isinstance(exclude, Connection) else exclude
+        await self.backend.publish(channel, frame, exclude_id)
+        self._messages_sent += 1
+
+    def _deliver_local(self, channel: str, frame: Frame, exclude: str | None) -> int:
+        """Queue ``frame`` for every local subscriber of ``channel``; returns how many."""
+        if channel == BROADCAST:
+            members: Iterable[Connection] = self._members.members()
+        elif channel[0] == "g":
+            members = self._members.group(channel[2:])
+        else:
+            members = self._members.user(channel[2:])
+        skip = self._by_id.get(exclude) if exclude else None
+        delivered = 0
+        self._delivering = True
+        try:
+            for conn in members:
+                if conn is not skip and conn.deliver(frame):
+                    delivered += 1
+        finally:
+            self._delivering = False
+            if self._detach_later:
+                pending, self._detach_later = self._detach_later, []
+                for conn in pending:
+                    self._detach(conn)
+        self._deliveries += delivered
+        return delivered
+
+    # -- presence and remote control ---------------------------------------------------------
+
+    async def presence(self, group: str) -> dict[str, int]:
+        """``{user_id: connections}`` of the users in ``group``, over every process."""
+        _channel_of_group(group)
+        return await self.backend.presence(group)
+
+    async def disconnect_user(
+        self, user_id: object, code: int = codes.UNAUTHORIZED, reason: str = ""
+    ) -> None:
+        """Close every socket of ``user_id`` in every process (logout, ban, password change)."""
+        self._require_started()
+        await self.backend.control(
+            "disconnect_user", {"user_id": _user_key(user_id), "code": code, "reason": reason}
+        )
+
+    async def join_user(self, user_id: object, group: str) -> None:
+        """Put every connection of ``user_id``, in every process, in ``group``."""
+        self._require_started()
+        _channel_of_group(group)
+        await self.backend.control("join_user", {"user_id": _user_key(user_id), "group": group})
+
+    async def leave_user(self, user_id: object, group: str) -> None:
+        """Take every connection of ``user_id``, in every process, out of ``group``."""
+        self._require_started()
+        _channel_of_group(group)
+        await self.backend.control("leave_user", {"user_id": _user_key(user_id), "group": group})
+
+    def _apply_control(self, op: str, args: dict[str, Any]) -> None:
+        conns = list(self._members.user(str(args.get("user_id"))))
+        if op == "disconnect_user":
+            for conn in conns:
+                conn.close(int(args.get("code", codes.UNAUTHORIZED)), str(args.get("reason", "")))
+        elif op == "join_user":
+            group = str(args["group"])
+            for conn in conns:
+                fresh = conn not in self._members.group(group)
+                if self._members.join(conn, group):
+                    self._spawn(self.backend.subscribe(_channel_of_group(group)))
+                if fresh and conn.user_id is not None:
+                    self._presence_changed(group, conn.user_id, joined=True)
+        elif op == "leave_user":
+            for conn in conns:
+                self._leave(conn, str(args["group"]))
+        else:
+            logger.warning("ignoring unknown control operation %r", op)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- presence events ---------------------------------------------------------------------
+
+    def on_presence(self, callback: PresenceCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` (sync or async) on presence events, from every process.
+
+        An event (``{"type": "presence", "group", "user_id", "event": "join" | "leave"}``)
+        says a user's first connection in some process joined a group, or its last one left.
+        Returns a function that removes the callback.
+        """
+        self._presence_callbacks.append(callback)
+        self.backend.watch_presence()
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._presence_callbacks.remove(callback)
+
+        return remove
+
+    def _presence_changed(self, group: str, user_id: str, *, joined: bool) -> None:
+        """Tell the backend ``user_id``'s local connection count in ``group`` changed by one."""
+        members = self._members.group(group)
+        count = sum(1 for conn in self._members.user(user_id) if conn in members)
+        event: Literal["join", "leave"] | None = None
+        if joined and count == 1:
+            event = "join"
+        elif not joined and count == 0:
+            event = "leave"
+        self.backend.presence_changed(group, user_id, count, event)
+
+    def _presence_event(self, event: PresenceEvent) -> None:
+        """Run the presence callbacks soon (never inside the membership change that caused it)."""
+        if not self._presence_callbacks:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._run_presence_callbacks(event)
+        else:
+            loop.call_soon(self._run_presence_callbacks, event)
+
+    def _run_presence_callbacks(self, event: PresenceEvent) -> None:
+        for callback in list(self._presence_callbacks):
+            try:
+                result = callback(event)
+            except Exception:
+                logger.exception("presence callback %r failed", callback)
+                continue
+            if inspect.isawaitable(result):
+                self._spawn(self._await_callback(callback, result))
+
+    @staticmethod
+    async def _await_callback(callback: object, result: Awaitable[None]) -> None:
+        try:
+            await result
+        except Exception:
+            logger.exception("presence callback %r failed", callback)
+
+    # -- stats -------------------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        connections, users, groups = self._members.counts
+        return Stats(
+            connections=connections,
+            users=users,
+            groups=groups,
+            messages_sent=self._messages_sent,
+            deliveries=self._deliveries,
+            dropped=self._dropped,
+            slow_closed=self._slow_closed,
+            backend=self.backend.stats(),
+        )
+
+    # -- called by Connection ----------------------------------------------------------------
+
+    def _count_dropped(self, n: int) -> None:
+        self._dropped += n
+
+    def _count_slow_closed(self) -> None:
+        self._slow_closed += 1
+
+    def _detach(self, conn: Connection) -> None:
+        """Remove ``conn`` from every index (deferred while a delivery loop is running)."""
+        if self._delivering:
+            self._detach_later.append(conn)
+            return
+        user_id = conn.user_id
+        groups = self._members.groups_of(conn) if user_id is not None else frozenset()
+        removed = self._members.remove(conn)
+        self._by_id.pop(conn.id, None)
+        if removed is None:
+            return
+        for group in removed.groups:
+            self.backend.unsubscribe("g:" + group)
+        if removed.user_gone:
+            assert user_id is not None
+            self.backend.unsubscribe("u:" + user_id)
+        if user_id is not None:
+            for group in groups:
+                self._presence_changed(group, user_id, joined=False)
+
+    def _leave(self, conn: Connection, group: str) -> None:
+        user_id = conn.user_id
+        was_in = user_id is not None and conn in self._members.group(group)
+        if self._members.leave(conn, group):
+            self.backend.unsubscribe("g:" + group)
+        if was_in:
+            assert user_id is not None
+            self._presence_changed(group, user_id, joined=False)
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise RegistryClosed("the registry is not started: use 'async with Registry()'")
+
+    def __repr__(self) -> str:
+        return f"<Registry {self.url} connections={len(self._members)}>"

@@ -1,0 +1,149 @@
+"""``Request``: a read-only view of a WebSocket scope (headers, cookies, query, session, user)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .types import Scope, Session, UserLike
+from .users import ANONYMOUS
+
+__all__ = ["Headers", "QueryParams", "Request", "parse_cookies"]
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, multi-value safe headers; ``h["x"]`` is the first value."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, raw: Any = ()) -> None:
+        self._items: list[tuple[str, str]] = [
+            (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1")) for k, v in raw
+        ]
+
+    def __getitem__(self, key: str) -> str:
+        key = key.lower()
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def getlist(self, key: str) -> list[str]:
+        key = key.lower()
+        return [v for k, v in self._items if k == key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k for k, _ in self._items))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(k for k, _ in self._items))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and any(k == key.lower() for k, _ in self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+class QueryParams(Mapping[str, str]):
+    """Query string parameters; ``q["x"]`` is the last value, ``getlist`` gives all."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, query_string: bytes | str = b"") -> None:
+        if isinstance(query_string, bytes):
+            query_string = query_string.decode("latin-1")
+        self._items = parse_qsl(query_string, keep_blank_values=True)
+
+    def __getitem__(self, key: str) -> str:
+        for k, v in reversed(self._items):
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def getlist(self, key: str) -> list[str]:
+        return [v for k, v in self._items if k == key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k for k, _ in self._items))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(k for k, _ in self._items))
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """Lenient ``Cookie`` header parsing: pairs split on ``;``, then on the FIRST ``=``.
+
+    Values may contain ``=`` (base64 padding); surrounding quotes are stripped; a malformed
+    pair is skipped rather than failing the whole header (unlike ``http.cookies``).
+    """
+    cookies: dict[str, str] = {}
+    for chunk in header.split(";"):
+        name, sep, value = chunk.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            continue
+        cookies.setdefault(name, _unquote(value.strip()))
+    return cookies
+
+
+_UNQUOTE = re.compile(r"\\(?:([0-3][0-7][0-7])|(.))")
+
+
+def _unquote(value: str) -> str:
+    """Strip the double quotes (and backslash escapes) of a quoted cookie value, as Python does."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    return _UNQUOTE.sub(lambda m: chr(int(m[1], 8)) if m[1] else m[2], value[1:-1])
+
+
+class Request:
+    """What a view knows about the socket's opening handshake."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    @property
+    def path(self) -> str:
+        return str(self.scope.get("path", "/"))
+
+    @cached_property
+    def headers(self) -> Headers:
+        return Headers(self.scope.get("headers", ()))
+
+    @cached_property
+    def cookies(self) -> dict[str, str]:
+        cookies: dict[str, str] = {}
+        for header in self.headers.getlist("cookie"):
+            for name, value in parse_cookies(header).items():
+                cookies.setdefault(name, value)
+        return cookies
+
+    @cached_property
+    def query(self) -> QueryParams:
+        return QueryParams(self.scope.get("query_string", b""))
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        client = self.scope.get("client")
+        return (str(client[0]), int(client[1])) if client else None
+
+    @property
+    def session(self) -> Session:
+        session = self.scope.get("session")
+        return session if isinstance(session, dict) else {}
+
+    @property
+    def user(self) -> UserLike:
+        user = self.scope.get("user")
+        return user if user is not None else ANONYMOUS
+
+    @property
+    def subprotocols(self) -> list[str]:
+        return list(self.scope.get("subprotocols", ()))
+
+    def __repr__(self) -> str:
+        return f"<Request {self.path} user={self.user.username!r}>"
