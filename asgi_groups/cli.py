@@ -1,0 +1,261 @@
+"""The ``asgi-groups`` command: create the auth tables, add and list users and groups.
+
+Exit codes: 0 success, 1 operational error (duplicate user, database unreachable),
+2 usage error (bad arguments, including a database URL that cannot be used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from asgi_groups.auth.store import DEFAULT_URL, InvalidDatabaseURL, SqlUserStore, StoreError
+
+__all__ = ["CliParser", "build_parser", "main"]
+
+URL_ENV = "ASGI_GROUPS_DATABASE_URL"
+PASSWORD_ENV = "ASGI_GROUPS_PASSWORD"
+
+Handler = Callable[[argparse.Namespace], Any]
+"""A subcommand: takes the parsed arguments, returns an exit code (or a coroutine of one)."""
+
+
+class UsageError(Exception):
+    """A problem with the command line that argparse cannot see (exit code 2)."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """The top-level parser; ``commands`` is where a new subcommand is added."""
+
+    commands: argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _add_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"SQLAlchemy async database URL (default: ${URL_ENV}, else {DEFAULT_URL})",
+    )
+
+
+def _group(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    parser = commands.add_parser(name, help=summary, description=summary)
+    sub = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+    return sub
+
+
+def build_parser() -> CliParser:
+    """The full parser; extend it with ``build_parser().commands.add_parser(...)``."""
+    parser = CliParser(
+        prog="asgi-groups",
+        description="Manage the users and groups of an asgi_groups application.",
+        epilog="exit status: 0 ok, 1 operational error (e.g. duplicate user, database "
+        "unreachable), 2 usage error (including an unusable --url)",
+    )
+    parser.commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=argparse.ArgumentParser
+    )
+
+    db = _group(parser.commands, "db", "database tables")
+    create_all = db.add_parser("create-all", help="create the auth tables if missing")
+    _add_url(create_all)
+    create_all.set_defaults(handler=db_create_all)
+
+    users = _group(parser.commands, "users", "user accounts")
+    add = users.add_parser("add", help="create a user", description="Create a user.")
+    add.add_argument("username")
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument("--password", help=f"the password (or set ${PASSWORD_ENV})")
+    secret.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.add_argument(
+        "--group",
+        dest="groups",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="add the user to GROUP (created if needed); repeatable",
+    )
+    add.add_argument("--first-name", default="", help="the user's first name")
+    add.add_argument("--staff", action="store_true", help="mark the user as staff")
+    add.add_argument("--superuser", action="store_true", help="mark the user as superuser")
+    _add_url(add)
+    add.set_defaults(handler=users_add)
+    users_list_parser = users.add_parser("list", help="list users with their groups")
+    _add_url(users_list_parser)
+    users_list_parser.set_defaults(handler=users_list)
+
+    groups = _group(parser.commands, "groups", "groups")
+    groups_list_parser = groups.add_parser("list", help="list groups with member counts")
+    _add_url(groups_list_parser)
+    groups_list_parser.set_defaults(handler=groups_list)
+
+    demo_parser = parser.commands.add_parser(
+        "demo",
+        help="run the chat example (SQLite + in-memory backend)",
+        description="Run the chat example with uvicorn and print its URL and logins.",
+    )
+    demo_parser.add_argument(
+        "--framework", choices=FRAMEWORKS, default="fastapi", help="which app to serve"
+    )
+    demo_parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    demo_parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    demo_parser.set_defaults(handler=demo)
+    return parser
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        password = args.password
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+            raise UsageError(
+                f"a password is required: --password, --password-stdin or ${PASSWORD_ENV}"
+            )
+    if not password:
+        raise UsageError("the password is empty")
+    return str(password)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+async def db_create_all(args: argparse.Namespace) -> int:
+    async with SqlUserStore(args.url) as store:
+        await store.create_all()
+        print(f"tables ready in {store.url}")
+    return 0
+
+
+async def users_add(args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    async with SqlUserStore(args.url) as store:
+        try:
+            user = await store.create_user(
+                args.username,
+                password,
+                first_name=args.first_name,
+                groups=args.groups,
+                is_staff=args.staff,
+                is_superuser=args.superuser,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    groups = ", ".join(sorted(user.groups)) or "none"
+    print(f"created user {user.username!r} (id {user.id}); groups: {groups}")
+    return 0
+
+
+async def users_list(args: argparse.Namespace) -> int:
+    async with SqlUserStore(args.url) as store:
+        users = await store.list_users()
+    if not users:
+        print("no users yet; add one with: asgi-groups users add USERNAME")
+        return 0
+    rows = [
+        [
+            str(u.id),
+            u.username,
+            u.first_name,
+            _yes(u.is_active),
+            _yes(u.is_staff),
+            _yes(u.is_superuser),
+            ",".join(sorted(u.groups)),
+        ]
+        for u in users
+    ]
+    print(_table(["ID", "USERNAME", "FIRST NAME", "ACTIVE", "STAFF", "SUPERUSER", "GROUPS"], rows))
+    return 0
+
+
+async def groups_list(args: argparse.Namespace) -> int:
+    async with SqlUserStore(args.url) as store:
+        groups = await store.list_groups()
+    if not groups:
+        print("no groups yet; users add ... --group NAME creates one")
+        return 0
+    print(_table(["GROUP", "MEMBERS"], [[g.name, str(g.members)] for g in groups]))
+    return 0
+
+
+FRAMEWORKS = ("fastapi", "starlette", "quart")
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Serve ``examples/chat/<framework>_app.py`` from the source checkout under uvicorn."""
+    root = Path(__file__).resolve().parent.parent
+    module = root / "examples" / "chat" / f"{args.framework}_app.py"
+    if not module.exists():
+        raise StoreError(
+            f"the chat example is not here ({module}); run the demo from a source checkout"
+        )
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise StoreError("the demo needs uvicorn: pip install 'asgi-groups[demo]'") from exc
+    sys.path.insert(0, str(root))
+    from examples.chat.common import SEED_USERS
+
+    print(f"asgi_groups chat demo ({args.framework}) on http://{args.host}:{args.port}/")
+    print("log in as any of:")
+    for user in SEED_USERS:
+        print(f"  {user.username:<8} password {user.password:<8} group {user.group}")
+    uvicorn.run(
+        f"examples.chat.{args.framework}_app:app",
+        host=args.host,
+        port=args.port,
+        app_dir=str(root),
+        log_level="info",
+    )
+    return 0
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    result = handler(args)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return _run(args.handler, args)
+    except (UsageError, InvalidDatabaseURL) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
