@@ -1,0 +1,1 @@
+"""Thin framework adapters: ``asgi_groups.adapters.fastapi``, ``.starlette``, ``.quart``."""

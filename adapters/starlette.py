@@ -1,0 +1,134 @@
+"""Starlette: one-call install, a registry lifespan, and helpers for WebSocket endpoints.
+
+A ``WsView`` is a plain ASGI app, so Starlette routes it as it is::
+
+    routes = [WebSocketRoute("/ws", ChatView.as_asgi()), Mount("/live", routes=[...])]
+    app = Starlette(routes=routes, lifespan=lifespan(registry))
+    app.add_middleware(GroupsMiddleware, registry=registry, sessions=..., users=...)
+
+or, for an app that already exists, ``registry = install(app, sessions=..., users=...)``.
+When Starlette's ``SessionMiddleware`` runs outside ``GroupsMiddleware``, the session it decoded
+(``websocket.session``) is the one used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from asgi_groups.connection import Connection
+from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware
+from asgi_groups.registry import Registry
+from asgi_groups.request import Request
+from asgi_groups.types import SessionCodec, UserLike, UserLoader, UserStore
+from asgi_groups.views import WsView
+
+from ._lifespan import LifespanFactory, compose, groups_for, registered
+
+__all__ = [
+    "STATE_KEY",
+    "add_view",
+    "current_registry",
+    "current_user",
+    "install",
+    "joined",
+    "lifespan",
+]
+
+STATE_KEY = "asgi_groups_registry"
+"""The ``app.state`` attribute that holds the registry (for HTTP handlers)."""
+
+
+def lifespan(
+    registry: Registry, inner: LifespanFactory[Starlette] | None = None
+) -> LifespanFactory[Starlette]:
+    """``Starlette(lifespan=lifespan(registry, app_lifespan))``: the registry runs around yours.
+
+    The registry starts before ``inner`` and closes after it; ``inner``'s state passes through.
+    """
+    composed = compose(registry, inner)
+
+    @contextlib.asynccontextmanager
+    async def run(app: Starlette) -> AsyncIterator[Any]:
+        setattr(app.state, STATE_KEY, registry)
+        async with composed(app) as state:
+            yield state
+
+    return run
+
+
+def install(
+    app: Starlette,
+    registry: Registry | None = None,
+    *,
+    sessions: SessionCodec | Sequence[SessionCodec] | None = None,
+    users: UserStore | UserLoader | None = None,
+    allowed_origins: Iterable[str] | str | None = None,
+    allow_missing_origin: bool = False,
+    revalidate_every: float | None = None,
+) -> Registry:
+    """Wrap an existing app in ``GroupsMiddleware`` and run ``registry`` in its lifespan.
+
+    The app's own lifespan (``lifespan=`` or startup handlers) still runs, inside the
+    registry's. Call before the app starts serving; returns the registry.
+    """
+    registry = registry if registry is not None else Registry()
+    app.add_middleware(
+        GroupsMiddleware,
+        registry=registry,
+        sessions=sessions,
+        users=users,
+        allowed_origins=allowed_origins,
+        allow_missing_origin=allow_missing_origin,
+        revalidate_every=revalidate_every,
+    )
+    app.router.lifespan_context = compose(registry, app.router.lifespan_context)
+    setattr(app.state, STATE_KEY, registry)
+    return registry
+
+
+def add_view(
+    app: Starlette, path: str, view: type[WsView], *, name: str | None = None, **options: Any
+) -> None:
+    """Serve ``view`` at ``path`` (Starlette 1.x apps have no ``add_websocket_route``)."""
+    app.router.routes.append(WebSocketRoute(path, view.as_asgi(**options), name=name))
+
+
+def current_user(websocket: HTTPConnection) -> UserLike:
+    """The user ``GroupsMiddleware`` recognised for this socket (anonymous when none)."""
+    return Request(websocket.scope).user
+
+
+def current_registry(conn: HTTPConnection) -> Registry:
+    """The registry: from the socket's scope, else from ``app.state`` (HTTP handlers)."""
+    registry = conn.scope.get(REGISTRY_KEY)
+    if registry is None:
+        registry = getattr(conn.app.state, STATE_KEY, None)
+    if not isinstance(registry, Registry):
+        raise RuntimeError("no registry: use install(app, ...) or lifespan(registry)")
+    return registry
+
+
+@contextlib.asynccontextmanager
+async def joined(
+    websocket: WebSocket, groups: Iterable[str] = (), *, user_groups: bool = True
+) -> AsyncIterator[Connection]:
+    """Accept the socket and register it, in ``groups`` and the user's own; leave at the end.
+
+    ``async with joined(websocket) as conn:`` then read with ``websocket.iter_text()``;
+    the connection's frames go out through ``websocket.send``.
+    """
+    if websocket.application_state == WebSocketState.CONNECTING:
+        await websocket.accept()
+    user = current_user(websocket)
+    registry = current_registry(websocket)
+    async with registered(
+        registry, websocket.send, user, groups_for(user, groups, user_groups)
+    ) as conn:
+        yield conn

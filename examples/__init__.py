@@ -1,0 +1,1 @@
+"""Runnable example apps built on asgi_groups."""

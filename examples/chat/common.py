@@ -1,0 +1,307 @@
+"""What the FastAPI, Starlette and Quart chat apps share: settings, seed users, login, the view.
+
+Each app only translates between its framework and these functions; behaviour lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from asgi_groups import Registry, codes
+from asgi_groups.auth import AuthUser, SqlUserStore, UserExists
+from asgi_groups.messaging import MessagingView, UserRef
+from asgi_groups.types import ASGIApp
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DEV_SECRET_KEY",
+    "SEED_USERS",
+    "SESSION_KEY",
+    "WS_PATH",
+    "ChatConfig",
+    "ChatView",
+    "SeedUser",
+    "StoreDirectory",
+    "chat_view",
+    "check_login",
+    "log_out",
+    "page",
+    "prepare_store",
+    "session_for",
+]
+
+logger = logging.getLogger("examples.chat")
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chat.sqlite3"
+DEV_SECRET_KEY = "chat-example-dev-secret-do-not-use-in-production"
+#: The session entry holding the logged-in user's id (what ``SqlUserStore.load`` reads).
+SESSION_KEY = "user_id"
+WS_PATH = "/ws"
+#: Largest login request body accepted, in bytes.
+MAX_LOGIN_BODY = 4096
+#: Longest username / password accepted at login.
+MAX_USERNAME = 150
+MAX_PASSWORD = 1024
+#: How long the directory trusts its copy of the users and groups, in seconds.
+DIRECTORY_TTL = 5.0
+#: A miss refreshes the directory at most this often, so unknown names cannot hammer the database.
+DIRECTORY_MIN_REFRESH = 1.0
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    """Settings of a chat app, usually read from ``CHAT_*`` environment variables."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: str = DEV_SECRET_KEY
+    redis_url: str | None = None
+    allowed_origins: tuple[str, ...] | None = None  # None: same origin only
+    #: Seconds between re-checks of open sockets (deactivated users are closed with 4401).
+    revalidate_every: float | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ChatConfig:
+        """Read ``CHAT_DATABASE_URL``, ``CHAT_SECRET_KEY``, ``CHAT_REDIS_URL``,
+        ``CHAT_ALLOWED_ORIGINS`` (comma-separated) and ``CHAT_REVALIDATE_SECONDS``."""
+        env = os.environ if environ is None else environ
+        secret = env.get("CHAT_SECRET_KEY", "").strip()
+        if not secret:
+            logger.warning(
+                "CHAT_SECRET_KEY is not set: using a development key; anyone can forge sessions"
+            )
+            secret = DEV_SECRET_KEY
+        origins = [o.strip() for o in env.get("CHAT_ALLOWED_ORIGINS", "").split(",") if o.strip()]
+        return cls(
+            database_url=env.get("CHAT_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL,
+            secret_key=secret,
+            redis_url=env.get("CHAT_REDIS_URL", "").strip() or None,
+            allowed_origins=tuple(origins) or None,
+            revalidate_every=_seconds(env.get("CHAT_REVALIDATE_SECONDS", "")),
+        )
+
+    def registry(self) -> Registry:
+        """In memory (one process) unless ``redis_url`` is set."""
+        return Registry(self.redis_url)
+
+    def store(self) -> SqlUserStore:
+        return SqlUserStore(self.database_url, session_key=SESSION_KEY)
+
+
+def _seconds(value: str) -> float | None:
+    """A positive number of seconds, or None when ``value`` is empty."""
+    if not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"CHAT_REVALIDATE_SECONDS must be a positive number, not {value!r}")
+    return seconds
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+class SeedUser(NamedTuple):
+    """A demo account: ``(username, password, group)``."""
+
+    username: str
+    password: str
+    group: str
+
+    @property
+    def first_name(self) -> str:
+        return self.username.capitalize()
+
+
+def _seed(name: str, group: str) -> SeedUser:
+    return SeedUser(name, name.capitalize(), group)
+
+
+#: The demo users: each password is the capitalised name (greg / Greg).
+SEED_USERS: tuple[SeedUser, ...] = (
+    *(_seed(name, "boys") for name in ("greg", "chuck", "mike")),
+    *(_seed(name, "girls") for name in ("amanda", "lisa", "anny")),
+)
+
+
+async def prepare_store(store: SqlUserStore, users: tuple[SeedUser, ...] = SEED_USERS) -> None:
+    """Create the tables and, in an empty database, the demo users."""
+    await store.create_all()
+    if await store.list_users():
+        return
+    for user in users:
+        with contextlib.suppress(UserExists):  # another worker seeded it first
+            await store.create_user(
+                user.username, user.password, first_name=user.first_name, groups=[user.group]
+            )
+
+
+def session_for(user: AuthUser) -> dict[str, Any]:
+    """What to store in the framework's session to log ``user`` in."""
+    return {SESSION_KEY: user.id}
+
+
+def _bad_request(detail: str) -> tuple[int, dict[str, str], AuthUser | None]:
+    return 400, {"error": detail}, None
+
+
+async def check_login(
+    store: SqlUserStore, payload: bytes | str | Mapping[str, Any]
+) -> tuple[int, dict[str, str], AuthUser | None]:
+    """Check a login request body (JSON ``{"username", "password"}``).
+
+    Returns ``(200, {"success": "Welcome back, greg"}, user)``, ``(401, {"error": ...}, None)``
+    for wrong credentials, or ``(400, {"error": ...}, None)`` for a malformed request.
+    """
+    if isinstance(payload, bytes | str):
+        if len(payload) > MAX_LOGIN_BODY:
+            return _bad_request("request body too large")
+        try:
+            data: Any = json.loads(payload)
+        except (ValueError, RecursionError):
+            return _bad_request('send JSON: {"username": ..., "password": ...}')
+    else:
+        data = payload
+    if not isinstance(data, Mapping):
+        return _bad_request('send JSON: {"username": ..., "password": ...}')
+    username, password = data.get("username"), data.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        return _bad_request("username and password are required")
+    username = username.strip()
+    if not username or not password:
+        return _bad_request("username and password are required")
+    if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+        return 401, {"error": "Invalid username or password"}, None
+    user = await store.authenticate(username, password)
+    if user is None:
+        return 401, {"error": "Invalid username or password"}, None
+    return 200, {"success": f"Welcome back, {user.username}"}, user
+
+
+async def log_out(registry: Registry, user_id: object) -> None:
+    """Close every socket of the user, in every process, with 4401 (the page stops there)."""
+    if user_id is None:
+        return
+    await registry.disconnect_user(user_id, codes.UNAUTHORIZED, "logged out")
+
+
+# -- the WebSocket view ------------------------------------------------------------------------
+
+
+class _Snapshot(NamedTuple):
+    stamp: float
+    by_name: dict[str, UserRef]
+    by_id: dict[str, str]
+    groups: frozenset[str]
+
+
+class StoreDirectory:
+    """Users and groups of a ``SqlUserStore``, cached for ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        store: SqlUserStore,
+        *,
+        ttl: float = DIRECTORY_TTL,
+        min_refresh: float = DIRECTORY_MIN_REFRESH,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.min_refresh = min_refresh
+        self._snapshot: _Snapshot | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self, *, missed: bool = False) -> _Snapshot:
+        snap = self._snapshot
+        now = time.monotonic()
+        if snap is not None:
+            age = now - snap.stamp
+            if age < self.ttl and not (missed and age >= self.min_refresh):
+                return snap
+        async with self._lock:
+            if self._snapshot is not None and self._snapshot is not snap:
+                return self._snapshot  # refreshed while we waited
+            users = [u for u in await self.store.list_users() if u.is_active]
+            groups = await self.store.list_groups()
+            self._snapshot = _Snapshot(
+                stamp=time.monotonic(),
+                by_name={u.username.casefold(): UserRef(str(u.id), u.username) for u in users},
+                by_id={str(u.id): u.username for u in users},
+                groups=frozenset(g.name for g in groups),
+            )
+            return self._snapshot
+
+    async def find_user(self, user_name: str) -> UserRef | None:
+        key = user_name.casefold()
+        ref = (await self._get()).by_name.get(key)
+        return ref if ref is not None else (await self._get(missed=True)).by_name.get(key)
+
+    async def username_of(self, user_id: str) -> str | None:
+        name = (await self._get()).by_id.get(user_id)
+        return name if name is not None else (await self._get(missed=True)).by_id.get(user_id)
+
+    async def group_exists(self, name: str) -> bool:
+        return name in (await self._get()).groups or name in (await self._get(missed=True)).groups
+
+    async def listing(self) -> tuple[list[str], list[str]]:
+        snap = await self._get()
+        return sorted(snap.groups), sorted(snap.by_id.values(), key=str.casefold)
+
+
+class ChatView(MessagingView):
+    """The chat endpoint: the messaging protocol over the users and groups of a store.
+
+    Mount ``ChatView.as_asgi(store=store)`` (an ASGI app) or the class ``chat_view(store)``.
+    """
+
+    @classmethod
+    def as_asgi(
+        cls, registry: Registry | None = None, *, store: SqlUserStore | None = None, **options: Any
+    ) -> ASGIApp:
+        if store is not None:
+            options["directory"] = StoreDirectory(store)
+        return super().as_asgi(registry, **options)
+
+
+def chat_view(store: SqlUserStore) -> type[ChatView]:
+    """A ``ChatView`` subclass bound to ``store`` (for adapters that take a view class)."""
+
+    class StoreChatView(ChatView):
+        directory = StoreDirectory(store)
+
+    return StoreChatView
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+PAGES = ("login.html", "chat.html")
+
+
+@cache
+def page(name: str) -> str:
+    """An HTML page with its stylesheet and script inlined (``/*include chat.css*/``)."""
+    if name not in PAGES:
+        raise KeyError(f"no page {name!r}")
+    html = (TEMPLATES / name).read_text("utf-8")
+    for asset in ("chat.css", "chat.js", "login.js"):
+        marker = f"/*include {asset}*/"
+        if marker in html:
+            html = html.replace(marker, (TEMPLATES / asset).read_text("utf-8"))
+    return html
