@@ -1,0 +1,295 @@
+"""Outages are loud, survived and repaired: killed Redis, killed pub/sub clients, a silent link,
+a crashed listener, a SIGKILLed server process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from asgi_groups import BackendUnavailable, Registry, SimpleUser
+from asgi_groups.backends.redis import RedisBackend
+from tests.support import redis as redis_support
+from tests.support.redis import (
+    Inbox,
+    PausableProxy,
+    RedisServer,
+    WsClient,
+    child_env,
+    eventually,
+)
+from tests.support.servers import serve_process
+from tests.support.waiting import wait_until
+
+redis_server = redis_support.redis_server
+redis_url = redis_support.redis_url
+prefix = redis_support.prefix
+
+FAST: dict[str, Any] = {
+    "health_check_interval": 0.5,
+    "socket_timeout": 1.0,
+    "connect_timeout": 1.0,
+    "reconnect_backoff": (0.02, 0.3),
+    "presence_ttl": 3.0,
+}
+
+APP = "tests.redis_apps.groups_app:app"
+
+
+class Hooks:
+    """Counts on_backend_down / on_backend_up calls (one sync, one async, as apps may pass)."""
+
+    def __init__(self) -> None:
+        self.down: list[Exception] = []
+        self.up = 0
+
+    def on_down(self, error: Exception) -> None:
+        self.down.append(error)
+
+    async def on_up(self) -> None:
+        self.up += 1
+
+    def options(self) -> dict[str, Any]:
+        return {"on_backend_down": self.on_down, "on_backend_up": self.on_up}
+
+
+MakeRegistry = Callable[..., Awaitable[Registry]]
+
+
+@pytest.fixture
+async def make(redis_url: str, prefix: str) -> AsyncIterator[MakeRegistry]:
+    made: list[Registry] = []
+
+    async def factory(url: str | None = None, **options: Any) -> Registry:
+        registry = Registry(url or redis_url, **{"prefix": prefix, **FAST, **options})
+        await registry.start()
+        made.append(registry)
+        return registry
+
+    yield factory
+    for registry in reversed(made):
+        await registry.close()
+
+
+def stats(registry: Registry) -> dict[str, Any]:
+    return registry.stats().backend
+
+
+async def member(registry: Registry, user_id: object, group: str) -> Inbox:
+    inbox = Inbox()
+    conn = await registry.connect(inbox, SimpleUser(user_id, f"user{user_id}"))
+    await registry.join(conn, group)
+    return inbox
+
+
+async def test_killed_pubsub_connections_are_detected_and_repaired(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    hooks_a, hooks_b = Hooks(), Hooks()
+    a = await make(**hooks_a.options())
+    b = await make(**hooks_b.options())
+    inbox_a = await member(a, 1, "boys")
+    inbox_b = await member(b, 2, "boys")
+
+    with redis_server.client() as raw:
+        assert raw.client_kill_filter(_type="pubsub") >= 2
+    await wait_until(lambda: stats(a)["reconnects"] == 1 and stats(b)["reconnects"] == 1)
+    await wait_until(lambda: not stats(a)["down"] and not stats(b)["down"])
+    await wait_until(lambda: hooks_a.up == 1 and hooks_b.up == 1)
+    assert len(hooks_a.down) == 1 and len(hooks_b.down) == 1
+
+    await b.send_group("boys", "after the kill")
+    assert await inbox_a.text() == "after the kill"
+    assert await inbox_b.text() == "after the kill"
+
+
+async def test_sends_fail_fast_during_an_outage_and_work_after_it(
+    make: MakeRegistry, redis_server: RedisServer, prefix: str
+) -> None:
+    hooks = Hooks()
+    a = await make(**hooks.options())
+    b = await make()
+    publisher = await make(listen=False)
+    inbox_a = await member(a, 1, "boys")
+    conn_a = a.connections(1)[0]
+    await member(b, 2, "boys")
+
+    redis_server.kill()
+    try:
+        await wait_until(lambda: stats(a)["down"] and stats(b)["down"])
+        assert len(hooks.down) == 1
+        for registry in (a, publisher):
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                await registry.send_group("boys", "lost")
+            assert time.monotonic() - started < 0.5
+        with pytest.raises(BackendUnavailable):
+            await a.presence("boys")
+        with pytest.raises(BackendUnavailable):
+            await a.disconnect_user(2)
+        # local sockets keep working, and joins during the outage are kept for later
+        await conn_a.send("local still works")
+        assert await inbox_a.text() == "local still works"
+        await a.join(conn_a, "joined during outage")
+    finally:
+        redis_server.restart()
+
+    await wait_until(lambda: not stats(a)["down"] and not stats(b)["down"], timeout=10)
+    await wait_until(lambda: hooks.up == 1)
+    assert stats(a)["reconnects"] == 1
+    assert {"g:boys", "g:joined during outage", "u:1", "*", "control"} <= set(
+        a.backend.channels()  # type: ignore[attr-defined]
+    )
+    await publisher.send_group("joined during outage", "restored")
+    assert await inbox_a.text() == "restored"
+    # presence was lost with Redis' memory and is written again on reconnection
+    assert await b.presence("boys") == {"1": 1, "2": 1}
+    with redis_server.client() as raw:
+        assert raw.sismember(f"{prefix}:processes", a.backend.process_id)  # type: ignore[attr-defined]
+
+
+async def test_a_silent_half_open_link_is_detected_and_repaired(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    proxy = PausableProxy(redis_server.port)
+    await proxy.start()
+    try:
+        hooks = Hooks()
+        a = await make(proxy.url, **hooks.options())
+        b = await make()
+        inbox_a = await member(a, 1, "boys")
+        await member(b, 2, "boys")
+
+        proxy.pause()  # nothing is closed: the socket just goes quiet
+        paused = time.monotonic()
+        await wait_until(lambda: stats(a)["down"], timeout=3)
+        detected = time.monotonic() - paused
+        assert detected < 1.5, detected  # health_check_interval is 0.5 s
+        assert "no reply from Redis" in str(hooks.down[0])
+        with pytest.raises(BackendUnavailable):
+            await a.send_group("boys", "nope")
+
+        proxy.resume()
+        await wait_until(lambda: not stats(a)["down"], timeout=10)
+        await wait_until(lambda: hooks.up == 1)
+        await b.send_group("boys", "heard again")
+        assert await inbox_a.text() == "heard again"
+        await a.send_group("boys", "and speaking")
+        assert await inbox_a.text() == "and speaking"
+    finally:
+        await proxy.close()
+
+
+async def test_a_crashed_listener_or_supervisor_is_restarted(make: MakeRegistry) -> None:
+    hooks = Hooks()
+    a = await make(**hooks.options())
+    b = await make()
+    inbox = await member(a, 1, "boys")
+    backend = a.backend
+    assert isinstance(backend, RedisBackend)
+
+    assert backend._reader is not None
+    backend._reader.cancel()  # the listener task dies
+    await wait_until(lambda: stats(a)["reconnects"] == 1 and not stats(a)["down"])
+    await b.send_group("boys", "listening again")
+    assert await inbox.text() == "listening again"
+
+    assert backend._supervisor is not None
+    backend._supervisor.cancel()  # even its supervisor dies
+    await wait_until(lambda: stats(a)["reconnects"] == 2 and not stats(a)["down"])
+    await b.send_group("boys", "supervised again")
+    assert await inbox.text() == "supervised again"
+    assert len(hooks.down) == 2
+    await wait_until(lambda: hooks.up == 2)
+
+
+async def test_redis_restart_while_messages_flow_between_processes(
+    redis_server: RedisServer, redis_url: str, prefix: str
+) -> None:
+    env = child_env(redis_url, prefix, ASGI_GROUPS_HEALTH_CHECK="0.5")
+    with serve_process(APP, env=env) as (a, _), serve_process(APP, env=env) as (b, _):
+        sender = await WsClient.open(a, "sender")
+        watch_a = await WsClient.open(a, "watch-a")
+        watch_b = await WsClient.open(b, "watch-b")
+        reader = await WsClient.open(b, "reader", ("flow",))
+        outcomes: list[str] = []
+        stop = asyncio.Event()
+
+        async def flow() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                reply = await sender.command("send_group", group="flow", text=f"m{n}")
+                outcomes.append("ok" if reply["ok"] else reply["error"])
+                await asyncio.sleep(0.01)
+
+        flowing = asyncio.create_task(flow())
+        try:
+            await wait_until(lambda: outcomes.count("ok") >= 5)
+            redis_server.kill()
+
+            def down(s: dict[str, Any]) -> bool:
+                return bool(s["stats"]["down"]) and s["hooks"]["down"] == 1
+
+            await eventually(lambda: watch_a.command("stats"), down)
+            await eventually(lambda: watch_b.command("stats"), down)
+            await wait_until(lambda: "BackendUnavailable" in outcomes)
+            redis_server.restart()
+
+            def up(s: dict[str, Any]) -> bool:
+                return not s["stats"]["down"] and s["hooks"]["up"] == 1
+
+            await eventually(lambda: watch_a.command("stats"), up, timeout=10)
+            await eventually(lambda: watch_b.command("stats"), up, timeout=10)
+            failures = len(outcomes) - outcomes.count("ok")
+            await wait_until(lambda: outcomes[-3:] == ["ok"] * 3)
+        finally:
+            stop.set()
+            await flowing
+
+        # both processes stayed up; subscriptions are back; new messages arrive
+        await sender.command("send_group", group="flow", text="after recovery")
+        while (message := await reader.message()) != "after recovery":
+            assert message.startswith("m")
+        assert failures >= 1
+        await watch_a.command("send_user", user="reader", text="direct after recovery")
+        assert await reader.message() == "direct after recovery"
+        for client in (sender, watch_a, watch_b, reader):
+            await client.close()
+
+
+async def test_a_sigkilled_process_leaves_no_presence_after_its_ttl(
+    redis_server: RedisServer, redis_url: str, prefix: str
+) -> None:
+    ttl = 1.5
+    env = child_env(redis_url, prefix, ASGI_GROUPS_PRESENCE_TTL=str(ttl))
+    room = "room" + uuid.uuid4().hex[:6]
+    with serve_process(APP, env=env) as (a, proc_a), serve_process(APP, env=env) as (b, _):
+        doomed = await WsClient.open(a, "doomed", (room,))
+        survivor = await WsClient.open(b, "survivor", (room,))
+
+        async def presence() -> dict[str, int]:
+            return dict((await survivor.command("presence", group=room))["presence"])
+
+        assert await presence() == {"doomed": 1, "survivor": 1}
+        proc_a.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await eventually(presence, lambda p: p == {"survivor": 1}, timeout=ttl + 2)
+        elapsed = time.monotonic() - killed
+        assert elapsed <= ttl + 0.5, elapsed
+        with redis_server.client() as raw:
+            # the dead process's own entries expire too (only the survivor's stays) ...
+            await wait_until(
+                lambda: len(raw.keys(f"{prefix}:presence:{room}:*")) == 1,
+                timeout=max(0.1, killed + ttl + 0.5 - time.monotonic()),
+            )
+            # ... and the survivor's heartbeat prunes it from the set of processes
+            await wait_until(lambda: raw.scard(f"{prefix}:processes") == 1, timeout=3)
+        with pytest.raises(Exception):  # noqa: B017 - any close error: the server is gone
+            await doomed.message(timeout=2)
+        await survivor.close()
