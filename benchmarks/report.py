@@ -1,0 +1,228 @@
+"""RESULTS.md: the summary, targets and per-workload tables of one run, as markdown."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from .plan import Plan
+from .results import SystemResult
+from .targets import Target
+
+NA = "—"
+Results = dict[str, SystemResult]
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def num(value: float | None, fmt: str = ",.0f", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    return f"{value:{fmt}}{suffix}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return NA if a is None or not b else f"{a / b:.2f}x"
+
+
+def status(r: SystemResult) -> str:
+    if r.skipped:
+        return f"skipped: {r.skipped}"
+    if r.errors:
+        return "failed: " + "; ".join(f"{k}: {v}" for k, v in r.errors.items())
+    return "ok"
+
+
+def summary(results: Results, plan: Plan) -> str:
+    n = max(plan.burst_ns)
+    native = results.get("native")
+    limit = native.burst(n) if native else None
+    rows = []
+    for r in results.values():
+        b = r.burst(n)
+        lat = r.steady.latency_ms if r.steady else {}
+        rows.append(
+            [
+                r.label,
+                num(b.deliveries_per_s if b else None),
+                num(b.server_us if b else None, ".2f"),
+                ratio(b.server_us if b else None, limit.server_us if limit else None),
+                num(lat.get("p50"), ".2f"),
+                num(lat.get("p99"), ".2f"),
+                num(r.memory.per_connection if r.memory else None),
+                "ok" if not r.errors and not r.skipped else status(r)[:60],
+            ]
+        )
+    header = [
+        "system",
+        f"deliveries/s (N={n})",
+        "server µs/delivery",
+        "CPU vs no-ASGI limit",
+        "steady p50 ms",
+        "steady p99 ms",
+        "bytes/connection",
+        "status",
+    ]
+    return table(header, rows)
+
+
+def bursts(results: Results, plan: Plan) -> str:
+    rows = []
+    for n in plan.burst_ns:
+        native = results.get("native")
+        limit = native.burst(n) if native else None
+        for r in results.values():
+            b = r.burst(n)
+            if b is None:
+                continue
+            rows.append(
+                [
+                    r.label,
+                    str(n),
+                    str(b.m),
+                    num(b.deliveries_per_s),
+                    ratio(b.deliveries_per_s, limit.deliveries_per_s if limit else None),
+                    num(b.server_us, ".2f"),
+                    ratio(b.server_us, limit.server_us if limit else None),
+                    num(b.redis_us, ".2f"),
+                    num(b.server_us * b.deliveries_per_s / 1e4, ".0f", "%"),
+                    num(b.client_cpu * 100, ".0f", "%"),
+                    "yes" if b.complete else "NO",
+                ]
+            )
+    header = ["system", "N", "M", "deliveries/s", "rate vs limit", "server µs/delivery"]
+    header += ["CPU vs limit", "redis-server µs/delivery", "server busy", "client CPU"]
+    header += ["complete"]
+    return table(header, rows)
+
+
+def latency(results: Results) -> str:
+    rows = []
+    for r in results.values():
+        for s in (r.steady, r.steady_external):
+            if s is None:
+                continue
+            lat = s.latency_ms
+            rows.append(
+                [
+                    r.label,
+                    "external (Redis)" if s.external else "in the server",
+                    *(num(lat.get(k), ".2f") for k in ("p50", "p90", "p99", "p99.9", "max")),
+                    f"{s.received:,}/{s.expected:,}",
+                ]
+            )
+    header = ["system", "publisher", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"]
+    return table([*header, "delivered"], rows)
+
+
+def slow(results: Results) -> str:
+    rows = []
+    for r in results.values():
+        s = r.slow
+        if s is None:
+            continue
+        note = "" if s.complete else "others stalled (burst never completed)"
+        rows.append(
+            [
+                r.label,
+                str(s.m),
+                num(s.without),
+                num(s.with_slow),
+                f"{s.ratio:.2f}x",
+                num(s.stall.get("requested", 0) / 1024, ",.0f", " KiB"),
+                note,
+            ]
+        )
+    header = ["system", "M", "deliveries/s, all reading", "with 1 stalled reader", "ratio"]
+    return table([*header, "filler sent to it", "note"], rows)
+
+
+def memory(results: Results) -> str:
+    raw = results.get("raw-asgi")
+    raw_per = raw.memory.per_connection if raw and raw.memory else None
+    rows = []
+    for r in results.values():
+        m = r.memory
+        if m is None:
+            continue
+        over = None if raw_per is None else m.per_connection - raw_per
+        rows.append(
+            [
+                r.label,
+                str(m.n),
+                num(m.rss_idle / 2**20, ".1f"),
+                num(m.rss_loaded / 2**20, ".1f"),
+                num(m.per_connection),
+                num(over, "+,.0f"),
+            ]
+        )
+    header = ["system", "idle connections", "RSS at 0 (MiB)", "RSS loaded (MiB)"]
+    return table([*header, "bytes/connection", "vs raw ASGI"], rows)
+
+
+def targets(items: list[Target]) -> str:
+    return table(
+        ["target", "goal", "measured", "result"],
+        ([t.name, t.goal, t.measured, f"**{t.verdict}**"] for t in items),
+    )
+
+
+def problems(results: Results) -> str:
+    lines = [f"- **{r.label}**: {status(r)}" for r in results.values() if r.skipped or r.errors]
+    lines += [f"- **{r.label}**: {note}" for r in results.values() for note in r.notes]
+    return "\n".join(lines) or "None."
+
+
+def render(
+    results: Results,
+    plan: Plan,
+    items: list[Target],
+    *,
+    when: str,
+    command: str,
+    machine: dict[str, str],
+    versions: dict[str, str],
+    settings: dict[str, str],
+    seconds: float,
+) -> str:
+    mode = "quick" if plan.quick else "full"
+    setup = [
+        f"- bursts: N = {', '.join(f'{n:,}' for n in plan.burst_ns)} connections, M = "
+        f"{plan.burst_m} messages of {plan.size} B (fewer when a system would exceed "
+        f"{plan.burst_budget:g} s per burst; the M used is in the table), median of {plan.reps}",
+        f"- steady: {plan.steady_n:,} connections, {plan.steady_rate:g} messages/s for "
+        f"{plan.steady_seconds:g} s",
+        f"- memory: {plan.memory_n:,} idle connections; slow reader: 1 of {plan.slow_n:,}",
+        *(f"- {k}: {v}" for k, v in settings.items()),
+    ]
+    parts = [
+        "# Fan-out benchmark results",
+        f"{when} — {mode} run (`{command}`), {seconds:.0f} s. How to read this: "
+        "[README.md](README.md).",
+        "## Machine",
+        "\n".join(f"- {k}: {v}" for k, v in machine.items()),
+        "## Software",
+        ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "## Workloads",
+        "\n".join(setup),
+        "## Summary",
+        summary(results, plan),
+        "## Targets",
+        targets(items),
+        "## Bursts",
+        bursts(results, plan),
+        "## Steady latency",
+        latency(results),
+        "## Slow reader",
+        slow(results),
+        "## Memory",
+        memory(results),
+        "## Failures, skips and notes",
+        problems(results),
+        "![server CPU per delivery](fanout.png)",
+    ]
+    return "\n\n".join(parts) + "\n"
