@@ -15,8 +15,9 @@ from .frames import Frame
 from .limits import QueueLimits
 from .middleware import GroupsMiddleware
 from .origin import OriginPolicy
-from .registry import Registry, Stats
+from .registry import PresenceEvent, Registry, Stats
 from .request import Request
+from .sync import SyncRegistry
 from .users import ANONYMOUS, AnonymousUser, InMemoryUsers, SimpleUser
 from .views import WsView
 
@@ -34,12 +35,14 @@ __all__ = [
     "InMemoryUsers",
     "MessageTooLarge",
     "OriginPolicy",
+    "PresenceEvent",
     "QueueLimits",
     "Registry",
     "RegistryClosed",
     "Request",
     "SimpleUser",
     "Stats",
+    "SyncRegistry",
     "WsView",
     "codes",
 ]

@@ -1,7 +1,7 @@
-"""The ``asgi-groups`` command: create the auth tables, add and list users and groups.
+"""The ``asgi-groups`` command: manage users and groups, run the demo, send a message.
 
-Exit codes: 0 success, 1 operational error (duplicate user, database unreachable),
-2 usage error (bad arguments, including a database URL that cannot be used).
+Exit codes: 0 success, 1 operational error (duplicate user, database or Redis unreachable),
+2 usage error (bad arguments, including a URL that cannot be used or a message too large).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from asgi_groups.auth.store import DEFAULT_URL, InvalidDatabaseURL, SqlUserStore, StoreError
+from asgi_groups.errors import BackendUnavailable, MessageTooLarge
 
 __all__ = ["CliParser", "build_parser", "main"]
 
 URL_ENV = "ASGI_GROUPS_DATABASE_URL"
 PASSWORD_ENV = "ASGI_GROUPS_PASSWORD"
+REDIS_ENV = "ASGI_GROUPS_REDIS_URL"
 
 Handler = Callable[[argparse.Namespace], Any]
 """A subcommand: takes the parsed arguments, returns an exit code (or a coroutine of one)."""
@@ -110,6 +113,33 @@ def build_parser() -> CliParser:
     demo_parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
     demo_parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     demo_parser.set_defaults(handler=demo)
+
+    send_parser = parser.commands.add_parser(
+        "send",
+        help="send one message through Redis to a group, a user or everyone",
+        description="Publish MESSAGE once through Redis to every process of the app: the "
+        "sockets in GROUP, every tab of USER, or every socket.",
+    )
+    send_parser.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_ENV),
+        metavar="URL",
+        help=f"the app's Redis URL (default: ${REDIS_ENV})",
+    )
+    send_parser.add_argument(
+        "--prefix", default=None, help="the app's key/channel prefix (default: asgi_groups)"
+    )
+    target = send_parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--group", help="send to every socket in GROUP")
+    target.add_argument("--user", metavar="USER_ID", help="send to every tab of USER_ID")
+    target.add_argument("--broadcast", action="store_true", help="send to every socket")
+    send_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="MESSAGE is JSON: check it and send it as a JSON text frame",
+    )
+    send_parser.add_argument("message", metavar="MESSAGE", help="the text to send; - reads stdin")
+    send_parser.set_defaults(handler=send)
     return parser
 
 
@@ -231,6 +261,44 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+async def send(args: argparse.Namespace) -> int:
+    """Publish one message with a publish-only Redis connection, then disconnect."""
+    if not args.redis:
+        raise UsageError(f"a Redis URL is required: --redis URL or ${REDIS_ENV}")
+    text = sys.stdin.read() if args.message == "-" else args.message
+    message: object = text
+    if args.json:
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"MESSAGE is not valid JSON: {exc}") from None
+    try:
+        from asgi_groups.publish import publish_once
+    except ImportError as exc:
+        raise StoreError("sending needs redis-py: pip install 'asgi-groups[redis]'") from exc
+    options = {} if args.prefix is None else {"prefix": args.prefix}
+    try:
+        await publish_once(
+            args.redis,
+            message,
+            group=args.group,
+            user=args.user,
+            broadcast=args.broadcast,
+            **options,
+        )
+    except (ValueError, MessageTooLarge) as exc:
+        raise UsageError(str(exc)) from None
+    target = (
+        f"group {args.group!r}"
+        if args.group is not None
+        else f"user {args.user!r}"
+        if args.user is not None
+        else "everyone"
+    )
+    print(f"sent {len(text.encode())} bytes to {target}")
+    return 0
+
+
 def _run(handler: Handler, args: argparse.Namespace) -> int:
     result = handler(args)
     if inspect.iscoroutine(result):
@@ -250,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, InvalidDatabaseURL) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, BackendUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support import redis as redis_support
 from tests.support.redis import RedisServer, WsClient, child_env, eventually
-from tests.support.servers import serve_process
+from tests.support.servers import free_port, serve_process
 
 redis_server = redis_support.redis_server
 
@@ -183,3 +183,68 @@ async def test_external_publishers_reach_sockets_in_both_processes(
     finally:
         await reader_a.close()
         await reader_b.close()
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asgi_groups.cli",
+        "send",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_send_reaches_group_user_and_everyone_in_both_processes(
+    servers: Servers, redis_server: RedisServer
+) -> None:
+    a, b, prefix = servers
+    group = f"boys{tag()}"
+    u1, u2 = f"u{tag()}", f"u{tag()}"
+    in_group = await WsClient.open(a, u1, (group,))
+    elsewhere = await WsClient.open(b, u2)
+    env = {
+        k: v for k, v in child_env(redis_server.url, prefix).items() if k != "ASGI_GROUPS_REDIS_URL"
+    }
+    target = ("--redis", redis_server.url, "--prefix", prefix)
+    try:
+        code, out, err = await run_cli(env, *target, "--group", group, "hello boys")
+        assert (code, err) == (0, ""), err
+        assert out.strip() == f"sent 10 bytes to group {group!r}"
+        assert await in_group.message() == "hello boys"
+
+        code, _, err = await run_cli(env, *target, "--user", u2, "--json", '{"n": 1}')
+        assert code == 0, err
+        assert await elsewhere.message() == '{"n":1}'
+
+        code, _, err = await run_cli(env, *target, "--broadcast", "to all")
+        assert code == 0, err
+        assert await in_group.message() == "to all"
+        assert await elsewhere.message() == "to all"
+        assert in_group.inbox == [] and elsewhere.inbox == []  # the user message went to u2 only
+    finally:
+        await in_group.close()
+        await elsewhere.close()
+
+
+async def test_cli_send_errors_are_one_line_with_exit_codes(redis_server: RedisServer) -> None:
+    env = {
+        k: v for k, v in child_env(redis_server.url, "x").items() if k != "ASGI_GROUPS_REDIS_URL"
+    }
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    code, _, err = await run_cli(env, "--redis", down, "--group", "g", "text")
+    assert code == 1 and err.startswith("error: cannot reach Redis"), err
+    assert len(err.strip().splitlines()) == 1, err  # no traceback
+    code, _, err = await run_cli(env, "--redis", redis_server.url, "--group", "g", "--json", "{x")
+    assert code == 2 and "not valid JSON" in err, err
+    code, _, err = await run_cli(env, "--group", "g", "text")
+    assert code == 2 and "a Redis URL is required" in err, err
+    code, _, err = await run_cli(env, "--redis", redis_server.url, "text")
+    assert code == 2 and "one of the arguments --group --user --broadcast is required" in err

@@ -183,6 +183,20 @@ def test_unknown_backend_url() -> None:
         Registry("kafka://x")
 
 
+async def test_one_configuration_serves_memory_and_redis_urls() -> None:
+    """``Registry(url, prefix=..., on_backend_down=...)`` works when url is memory:// too (a
+    dev box without Redis); Redis-only tuning is refused with a message that says so."""
+    downs: list[Exception] = []
+    async with Registry("memory://", prefix="app", on_backend_down=downs.append) as registry:
+        conn, out = await tab(registry, 1)
+        await registry.send_user(1, "still works")
+        await drained(conn)
+        assert out.texts == ["still works"]
+    assert downs == []
+    with pytest.raises(TypeError, match="memory backend takes no health_check_interval"):
+        Registry(health_check_interval=1.0)
+
+
 class RegistryMachine(RuleBasedStateMachine):
     """join/leave/send/disconnect through a real Registry vs. a plain reference model."""
 

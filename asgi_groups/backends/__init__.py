@@ -11,14 +11,18 @@ from .memory import MemoryBackend
 __all__ = ["BROADCAST", "Backend", "MemoryBackend", "backend_from_url"]
 
 _REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
+PORTABLE_OPTIONS = frozenset({"prefix", "on_backend_down", "on_backend_up"})
+"""Options every backend takes, so one ``Registry(url, ...)`` call serves memory:// and redis://.
+The memory backend ignores them: it has one process and is never down."""
 
 
 def backend_from_url(url: str | None, **options: Any) -> Backend:
     """Pick a backend by URL scheme: ``memory://`` or ``redis://`` / ``rediss://`` / ``unix://``."""
     scheme = urlsplit(url).scheme if url else "memory"
     if scheme == "memory":
-        if options:
-            raise TypeError(f"memory backend takes no options: {sorted(options)}")
+        unknown = sorted(set(options) - PORTABLE_OPTIONS)
+        if unknown:
+            raise TypeError(f"the memory backend takes no {', '.join(unknown)} (Redis options)")
         return MemoryBackend()
     if scheme in _REDIS_SCHEMES:
         try:
