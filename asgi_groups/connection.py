@@ -1,7 +1,9 @@
 """One accepted WebSocket: identity, user, and a bounded outbound queue drained by a writer.
 
-Publishing never awaits the client: ``deliver`` appends to the queue and returns. A writer task
-exists only while frames are waiting; it sends everything queued in one wake-up.
+Publishing never awaits the client. An idle connection's frame goes to the ASGI ``send`` at
+once, stepped synchronously like an eager task; only if ``send`` has to wait (a full transport)
+does a writer task take it over. Later frames queue behind it, and the writer sends everything
+queued in one wake-up. With ``coalesce`` on, frames always queue so that they can be joined.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from . import codes
@@ -113,6 +116,9 @@ class Connection:
         if self._state:
             return False
         queue = self._queue
+        if self._writer is None and not queue and self.limits.coalesce == 1:
+            self._write_now(frame.event)
+            return True
         if queue is None:
             queue = self._queue = deque()
         elif (
@@ -173,6 +179,22 @@ class Connection:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _write_now(self, event: dict[str, Any]) -> None:
+        """Run ``send(event)`` up to its first wait; a writer task finishes it if it waits."""
+        sending = self._send(event)
+        if not isinstance(sending, Coroutine):  # a Future or other awaitable: a task awaits it
+            self._writer = self._loop.create_task(self._drain(sending))
+            return
+        try:
+            waiting = sending.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:  # the client went away
+            logger.debug("connection %s: send failed: %r", self.id, exc)
+            self._gone()
+            return
+        self._writer = self._loop.create_task(self._drain(_Resumed(sending, waiting)))
+
     def _make_room(self, queue: deque[Frame], size: int) -> bool:
         limits = self.limits
         if limits.overflow == "drop_oldest":
@@ -191,10 +213,12 @@ class Connection:
         self.abort(codes.TRY_AGAIN_LATER, "slow reader")
         return False
 
-    async def _drain(self) -> None:
+    async def _drain(self, started: Awaitable[Any] | None = None) -> None:
         send = self._send
         coalesce = self.limits.coalesce
         try:
+            if started is not None:
+                await started
             while True:
                 queue = self._queue
                 if not queue:
@@ -291,3 +315,33 @@ class Connection:
     def __repr__(self) -> str:
         state = ("open", "closing", "closed")[self._state]
         return f"<Connection {self.id[:8]} user={self.user_id!r} {state}>"
+
+
+class _Resumed:
+    """A coroutine that has already run up to a wait (it yielded ``waiting``), made awaitable
+    again so that a task can drive it on exactly as if it had started it."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                value = yield waiting
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    waiting = coro.send(value)
+                except StopIteration as stop:
+                    return stop.value

@@ -93,15 +93,51 @@ async def test_bytes_go_out_as_binary_frames() -> None:
         assert out.events == [{"type": "websocket.send", "bytes": b"\x00\x01"}]
 
 
-async def test_writer_drains_a_batch_in_one_wake_up() -> None:
+async def test_idle_socket_written_at_once_and_a_blocked_one_drains_in_one_wake_up() -> None:
     async with Registry() as reg:
         conn, out = await tab(reg, 1)
+        await reg.send_user(1, "now")
+        assert out.texts == ["now"] and conn._writer is None  # no task for a ready socket
+        out.gate.clear()  # the client's transport is full: the next send has to wait
         for i in range(100):
             await reg.send_user(1, str(i))
-        assert conn.queued[0] == 100  # nothing written yet: publishing never awaits the client
+        assert conn.queued[0] == 99  # the first waits inside send; publishing did not wait
+        await asyncio.sleep(0)  # the writer task takes over the waiting send
+        assert out.texts == ["now"] and conn._writer is not None
+        out.gate.set()
         await asyncio.sleep(0)  # one loop turn: the writer sends all of it
-        assert len(out.texts) == 100
+        assert out.texts == ["now", *map(str, range(100))]
         assert conn._writer is None  # no writer while idle
+
+
+async def test_send_failing_at_once_or_returning_a_future() -> None:
+    """A server whose ``send`` raises (client gone) drops that socket from the registry, and
+    one whose ``send`` returns a Future instead of a coroutine still gets every frame."""
+    loop = asyncio.get_running_loop()
+    written: list[Any] = []
+
+    async def gone(event: Any) -> None:
+        raise OSError("connection reset")
+
+    def future_send(event: Any) -> asyncio.Future[None]:
+        written.append(event)
+        future = loop.create_future()
+        loop.call_soon(future.set_result, None)
+        return future
+
+    async with Registry() as reg:
+        dead = await reg.connect(gone, SimpleUser(1, "a"))
+        odd = await reg.connect(future_send, SimpleUser(2, "b"))
+        ok, out = await tab(reg, 3)
+        for conn in (dead, odd, ok):
+            await reg.join(conn, "room")
+        await reg.send_group("room", "one")
+        await reg.send_group("room", "two")
+        await drained(odd, ok)
+        assert not dead.is_open and reg.groups_of(dead) == set()
+        assert await reg.presence("room") == {"2": 1, "3": 1}
+        assert [e["text"] for e in written] == ["one", "two"]
+        assert out.texts == ["one", "two"]
 
 
 async def test_slow_reader_is_closed_with_1013_and_others_get_everything() -> None:
