@@ -1,8 +1,8 @@
 """``GroupsMiddleware``: Origin check, session cookie → session → user, registry in the scope.
 
 Wraps any ASGI app. On a websocket scope it refuses a forbidden Origin with HTTP 403 before the
-app runs, then hands the app a copy of the scope carrying ``user``, ``session`` and
-``asgi_groups.registry``. HTTP and lifespan pass through untouched.
+app runs, then sets ``user``, ``session`` and ``asgi_groups.registry`` in the scope (in place,
+as Starlette's own middlewares do: no copy per socket). HTTP and lifespan pass through untouched.
 """
 
 from __future__ import annotations
@@ -108,35 +108,48 @@ class GroupsMiddleware:
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
+        admitted = await self._admit(scope, send)
+        if admitted is None:
+            return
+        user, codec, cookie = admitted
+        if self.revalidate_every is None or not user.is_authenticated:
+            await self.app(scope, receive, send)
+            return
+        key = id(scope)
+        self._live[key] = _Live(scope, codec, cookie, user.id)
+        self._ensure_revalidator()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._live.pop(key, None)
+
+    async def _admit(
+        self, scope: Scope, send: Send
+    ) -> tuple[UserLike, SessionCodec | None, str | None] | None:
+        """Check the Origin and resolve the user, setting ``session``, ``user`` and the
+        registry in ``scope`` (in place, as Starlette's middlewares do); None when refused.
+
+        A method of its own so that nothing it parses stays alive while the socket is open.
+        """
         headers = Headers(scope.get("headers", ()))
         scheme = str(scope.get("scheme", "ws"))
         origin = headers.get("origin")
         if not self.origins.allows(origin, host=headers.get("host"), scheme=scheme):
             logger.warning("refused websocket from origin %r to %s", origin, scope.get("path"))
             await reject(scope, send, 403, "Forbidden: origin not allowed")
-            return
+            return None
         session, codec, cookie = self._session(scope, headers)
         try:
             user = await self._user(session)
         except Exception:
             logger.exception("user loader failed; refusing the handshake")
             await reject(scope, send, 503, "Service unavailable: cannot load the user")
-            return
+            return None
         await self._ensure_started()
-        child = dict(scope)
-        child["session"] = session
-        child["user"] = user
-        child[REGISTRY_KEY] = self.registry
-        if self.revalidate_every is None or not user.is_authenticated:
-            await self.app(child, receive, send)
-            return
-        key = id(child)
-        self._live[key] = _Live(child, codec, cookie, user.id)
-        self._ensure_revalidator()
-        try:
-            await self.app(child, receive, send)
-        finally:
-            self._live.pop(key, None)
+        scope["session"] = session
+        scope["user"] = user
+        scope[REGISTRY_KEY] = self.registry
+        return user, codec, cookie
 
     def _session(
         self, scope: Scope, headers: Headers

@@ -251,7 +251,8 @@ class ViewApp:
         self.options = options
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.view(Request(scope), self.registry, **self.options)(scope, receive, send)
+        view = self.view(Request(scope), self.registry, **self.options)
+        await view.dispatch(scope, receive, send)
 
     def __repr__(self) -> str:
         return f"<ViewApp {self.view.__qualname__}>"
