@@ -309,6 +309,9 @@ async def test_logout_closes_that_users_sockets_4401(site: Site, tabs: list[Tab]
     async with httpx.AsyncClient(base_url=site.base) as client:
         response = await client.post("/logout", headers={"Cookie": cookie})
         assert response.status_code < 400
+    name = cookie.split("=", 1)[0]
+    cleared = [h for h in response.headers.get_list("set-cookie") if h.startswith(f"{name}=")]
+    assert cleared and all("01 jan 1970" in h.lower() for h in cleared), cleared  # expired
     for tab in (anny, anny2):
         with pytest.raises(ConnectionClosed) as closed:
             await tab.next()

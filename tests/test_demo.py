@@ -13,7 +13,7 @@ import pytest
 from .support.servers import free_port, wait_for_port
 
 
-@pytest.mark.parametrize("framework", ["fastapi", "quart"])
+@pytest.mark.parametrize("framework", ["fastapi", "starlette", "quart"])
 def test_demo_serves_the_chat_and_prints_logins(tmp_path: Path, framework: str) -> None:
     port = free_port()
     env = dict(os.environ, CHAT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'chat.sqlite3'}")

@@ -170,3 +170,48 @@ async def test_reader_that_never_reads_is_closed_1013_others_get_everything(
         assert len(frames) < n  # it was cut off, not fed without bound
     finally:
         stuck.close()
+
+
+async def test_json_encoded_once_for_every_socket(
+    server: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dict sent to a group of three real sockets is serialised once, not once per socket."""
+    import asgi_groups.frames as frames
+
+    address, _ = server
+    calls = 0
+    real = frames.to_json
+
+    def counting(obj: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(obj)
+
+    async with (
+        ws(address, 1) as greg,
+        ws(address, 1) as greg2,
+        ws(address, 2) as chuck,
+        ws(address, 3) as amanda,
+    ):
+        monkeypatch.setattr(frames, "to_json", counting)
+        await amanda.send(json.dumps({"op": "group", "group": "boys", "text": "once"}))
+        for c in (greg, greg2, chuck):
+            assert await recv_json(c) == {"from": "amanda", "text": "once"}
+        assert calls == 1
+
+
+async def test_no_leak_after_1000_connect_disconnect_cycles(server: tuple[str, Any]) -> None:
+    """1,000 real sockets come and go (50 at a time): the registry ends empty, stats at zero."""
+    address, registry = server
+
+    async def cycle(user: int) -> None:
+        async with ws(address, user) as conn:
+            await conn.send(json.dumps({"op": "join", "group": "churn"}))
+            assert await recv_json(conn) == {"joined": "churn"}
+
+    for start in range(0, 1000, 50):
+        await asyncio.gather(*(cycle(1 + (start + i) % 3) for i in range(50)))
+    await wait_until(lambda: registry.stats().connections == 0)
+    stats = registry.stats()
+    assert (stats.connections, stats.users, stats.groups) == (0, 0, 0)
+    assert registry.connections() == [] and await registry.presence("churn") == {}

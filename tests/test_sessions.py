@@ -321,6 +321,33 @@ def test_crax_encode_is_what_crax_reads() -> None:
         CraxSessionCookie(SECRET).encode({"username": "x"})
 
 
+@pytest.fixture
+def crax_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real Crax package, configured with our secret through its settings module."""
+    authentication = pytest.importorskip(
+        "crax.auth.authentication", reason="pip install -e '.[test]' installs crax"
+    )
+    (tmp_path / "crax_test_settings.py").write_text(f"SECRET_KEY = {SECRET!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CRAX_SETTINGS", "crax_test_settings")
+    return authentication
+
+
+def test_crax_cookie_written_by_crax_decodes(crax_settings: Any) -> None:
+    """A cookie from Crax's own ``create_session_cookie`` is read; ours is what Crax reads."""
+    from base64 import b64decode
+
+    value, header = crax_settings.create_session_cookie("a:b", 42)
+    assert header.startswith(f"session_id={value};")
+    assert CraxSessionCookie(SECRET).decode(value) == {"username": "a:b", "user_id": 42}
+    assert CraxSessionCookie("another secret").decode(value) is None
+
+    ours = CraxSessionCookie(SECRET).encode({"username": "x:y", "user_id": 3})
+    signer, max_age, cookie_name, _ = crax_settings.create_session_signer()
+    assert cookie_name == CraxSessionCookie(SECRET).cookie_name
+    assert signer.unsign(b64decode(ours), max_age=max_age) == b"x:y:3"
+
+
 # --- SignedCookie and its headers -----------------------------------------------------------
 
 
