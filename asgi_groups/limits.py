@@ -1,4 +1,7 @@
-"""Named limits with their defaults: every bound the library enforces lives here."""
+"""Named limits of the core with their defaults: queues and message sizes.
+
+The messaging view's own limits (rate, error budget, text length) are named in ``messaging``.
+"""
 
 from __future__ import annotations
 
