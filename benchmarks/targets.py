@@ -29,7 +29,8 @@ class Target:
 def _burst(results: Results, name: str, n: int, attr: str) -> float | None:
     r = results.get(name)
     b = r.burst(n) if r is not None else None
-    return None if b is None else float(getattr(b, attr))
+    # a burst that never completed has no meaningful cost per delivery
+    return None if b is None or not b.complete else float(getattr(b, attr))
 
 
 def _ratio(name: str, goal: str, a: float | None, b: float | None, ok: float, le: bool) -> Target:
