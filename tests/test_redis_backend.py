@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,24 +22,13 @@ from asgi_groups.backends.redis import (
 )
 from asgi_groups.publish import publish_once
 from tests.support import redis as redis_support
-from tests.support.redis import Inbox, RedisServer, sentinel_for
+from tests.support.redis import FAST, Inbox, MakeRegistry, RedisServer, sentinel_for
 from tests.support.servers import free_port
 from tests.support.waiting import wait_until
 
 redis_server = redis_support.redis_server
 redis_url = redis_support.redis_url
 prefix = redis_support.prefix
-
-#: Short timings so the suite stays fast; production defaults are longer.
-FAST: dict[str, Any] = {
-    "health_check_interval": 0.5,
-    "socket_timeout": 1.0,
-    "connect_timeout": 1.0,
-    "reconnect_backoff": (0.02, 0.3),
-    "presence_ttl": 3.0,
-}
-
-MakeRegistry = Callable[..., Awaitable[Registry]]
 
 
 @pytest.fixture

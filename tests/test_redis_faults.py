@@ -7,7 +7,7 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,7 +16,9 @@ from asgi_groups import BackendUnavailable, Registry, SimpleUser
 from asgi_groups.backends.redis import RedisBackend
 from tests.support import redis as redis_support
 from tests.support.redis import (
+    FAST,
     Inbox,
+    MakeRegistry,
     PausableProxy,
     RedisServer,
     WsClient,
@@ -30,13 +32,6 @@ redis_server = redis_support.redis_server
 redis_url = redis_support.redis_url
 prefix = redis_support.prefix
 
-FAST: dict[str, Any] = {
-    "health_check_interval": 0.5,
-    "socket_timeout": 1.0,
-    "connect_timeout": 1.0,
-    "reconnect_backoff": (0.02, 0.3),
-    "presence_ttl": 3.0,
-}
 
 APP = "tests.redis_apps.groups_app:app"
 
@@ -56,9 +51,6 @@ class Hooks:
 
     def options(self) -> dict[str, Any]:
         return {"on_backend_down": self.on_down, "on_backend_up": self.on_up}
-
-
-MakeRegistry = Callable[..., Awaitable[Registry]]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import redis
 
 from asgi_groups import BackendUnavailable, Registry, SimpleUser
 from tests.support import redis as redis_support
-from tests.support.redis import Inbox, RedisServer
+from tests.support.redis import FAST, Inbox, MakeRegistry, RedisServer
 from tests.support.servers import free_port, wait_for_port
 
 prefix = redis_support.prefix
@@ -30,17 +30,6 @@ NO_TLS_BUILD = (
     "redis-server was built without TLS: install a TLS-enabled build (Debian/Ubuntu's "
     "`apt-get install redis-server` is one) or build Redis with `make BUILD_TLS=yes`"
 )
-
-#: Short timings so a failure shows quickly; production defaults are longer.
-FAST: dict[str, Any] = {
-    "health_check_interval": 0.5,
-    "socket_timeout": 1.0,
-    "connect_timeout": 1.0,
-    "reconnect_backoff": (0.02, 0.3),
-    "presence_ttl": 3.0,
-}
-
-MakeRegistry = Callable[..., Awaitable[Registry]]
 
 
 # -- a throwaway PKI ---------------------------------------------------------------------------

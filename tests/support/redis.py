@@ -22,14 +22,28 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import redis
 
 from .servers import free_port
 
+if TYPE_CHECKING:
+    from asgi_groups import Registry
+
 T = TypeVar("T")
+
+#: Short timings so the suite stays fast; production defaults are longer.
+FAST: dict[str, Any] = {
+    "health_check_interval": 0.5,
+    "socket_timeout": 1.0,
+    "connect_timeout": 1.0,
+    "reconnect_backoff": (0.02, 0.3),
+    "presence_ttl": 3.0,
+}
+
+MakeRegistry = Callable[..., Awaitable["Registry"]]
 
 
 class RedisServer:
