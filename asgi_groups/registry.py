@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,9 +87,7 @@ class Registry:
         self.limits = limits
         self.max_message_size = max_message_size
         self.backend = backend if backend is not None else backend_from_url(url, **backend_options)
-        self.backend.bind(
-            self._deliver_local, self._apply_control, self._members.presence, self._presence_event
-        )
+        self.backend.bind(_Local(self))
         self._presence_callbacks: list[PresenceCallback] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: SyncRegistry | None = None
@@ -171,6 +169,38 @@ class Registry:
             await self.backend.subscribe("u:" + conn.user_id)
         return conn
 
+    @contextlib.asynccontextmanager
+    async def attached(
+        self,
+        send: Send,
+        user: UserLike | None = None,
+        groups: Iterable[str] = (),
+        *,
+        limits: QueueLimits | None = None,
+    ) -> AsyncIterator[Connection]:
+        """One accepted socket's time in the registry: connect, join ``groups``, always leave.
+
+        ``user`` is ignored unless authenticated. When the library tears the socket down (its
+        close did not complete in time) it cancels the task in this block; that cancellation
+        ends the block quietly. Every adapter and ``WsView`` go through here.
+        """
+        if user is not None and not user.is_authenticated:
+            user = None
+        conn = await self.connect(send, user, limits=limits)
+        task = asyncio.current_task()
+        try:
+            for group in groups:
+                if not conn.is_open:
+                    break  # revoked while an earlier join waited for the backend
+                await self.join(conn, group)
+            yield conn
+        except asyncio.CancelledError:
+            if not (conn.killed and task is not None):
+                raise
+            task.uncancel()
+        finally:
+            conn.finish()
+
     def get(self, connection_id: str) -> Connection | None:
         """The local connection with this id, if any."""
         return self._by_id.get(connection_id)
@@ -239,7 +269,7 @@ class Registry:
         await self.backend.publish(channel, frame, exclude_id)
         self._messages_sent += 1
 
-    def _deliver_local(self, channel: str, frame: Frame, exclude: str | None) -> int:
+    def deliver(self, channel: str, frame: Frame, exclude: str | None) -> int:
         """Queue ``frame`` for every local subscriber of ``channel``; returns how many."""
         if channel == BROADCAST:
             members: Iterable[Connection] = self._members.members()
@@ -291,7 +321,7 @@ class Registry:
         _channel_of_group(group)
         await self.backend.control("leave_user", {"user_id": _user_key(user_id), "group": group})
 
-    def _apply_control(self, op: str, args: dict[str, Any]) -> None:
+    def control(self, op: str, args: dict[str, Any]) -> None:
         conns = list(self._members.user(str(args.get("user_id"))))
         if op == "disconnect_user":
             for conn in conns:
@@ -344,7 +374,7 @@ class Registry:
             event = "leave"
         self.backend.presence_changed(group, user_id, count, event)
 
-    def _presence_event(self, event: PresenceEvent) -> None:
+    def presence_event(self, event: PresenceEvent) -> None:
         """Run the presence callbacks soon (never inside the membership change that caused it)."""
         if not self._presence_callbacks:
             return
@@ -430,3 +460,22 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"<Registry {self.url} connections={len(self._members)}>"
+
+
+class _Local:
+    """The registry's local side, as its backend sees it (a :class:`~.backends.base.Sink`)."""
+
+    __slots__ = ("control", "deliver", "members", "presence_event")
+
+    def __init__(self, registry: Registry) -> None:
+        self.deliver = registry.deliver
+        self.control = registry.control
+        self.presence_event = registry.presence_event
+        self.members = registry._members
+
+    def presence(self, group: str) -> dict[str, int]:
+        return self.members.presence(group)
+
+    def presence_snapshot(self) -> dict[str, dict[str, int]]:
+        snapshot = {group: self.members.presence(group) for group in self.members.group_names()}
+        return {group: counts for group, counts in snapshot.items() if counts}

@@ -363,15 +363,15 @@ async def test_a_failing_delivery_does_not_stop_the_listener(make: MakeRegistry)
     a, b = await make(), await make()
     conn, inbox = await user(a, 1)
     await a.join(conn, "boys")
-    deliver = backend(a)._deliver
+    deliver = backend(a).sink.deliver
 
     def broken(channel: str, frame: Frame, exclude: str | None) -> int:
         raise RuntimeError("bug in a delivery")
 
-    backend(a)._deliver = broken
+    backend(a).sink.deliver = broken  # type: ignore[method-assign]
     await b.send_group("boys", "lost")
     await wait_until(lambda: a.stats().backend["errors"] == 1)
-    backend(a)._deliver = deliver
+    backend(a).sink.deliver = deliver  # type: ignore[method-assign]
     await b.send_group("boys", "delivered")
     assert await inbox.text() == "delivered"
 

@@ -1,27 +1,23 @@
 """How a registry reaches other processes: the interface every backend implements.
 
-Channels are plain strings: ``g:<group>``, ``u:<user_id>`` and ``*`` (everyone). A backend
-delivers what it receives to the local registry through the ``deliver`` callback it is bound
-to, and applies remote-control operations through ``control``.
+Channels are plain strings named by :mod:`asgi_groups.channels` (a group, a user, everyone). A
+backend hands what it receives to one :class:`Sink`, the local side of its registry, and never
+calls anything else of the registry.
+
+Method colours follow one rule: what waits for the network is ``async`` (``start``, ``close``,
+``publish``, ``subscribe``, ``control``, ``presence``, ``flush_presence``); what only records a
+change for later I/O is plain and never blocks (``unsubscribe``, ``presence_changed``,
+``watch_presence``), so that it can run inside a synchronous membership change.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 from ..frames import Frame
 
-__all__ = [
-    "BROADCAST",
-    "Backend",
-    "ControlFn",
-    "DeliverFn",
-    "LocalPresenceFn",
-    "PresenceEvent",
-    "PresenceEventFn",
-]
+__all__ = ["BROADCAST", "Backend", "PresenceEvent", "Sink"]
 
 BROADCAST = "*"
 
@@ -35,18 +31,23 @@ class PresenceEvent(TypedDict):
     event: Literal["join", "leave"]
 
 
-#: ``deliver(channel, frame, exclude_id) -> local deliveries``
-DeliverFn = Callable[[str, Frame, "str | None"], int]
-#: ``control(op, args)`` applies a remote-control operation to local connections.
-ControlFn = Callable[[str, dict[str, Any]], None]
-#: ``local_presence(group) -> {user_id: connections}`` in this process.
-LocalPresenceFn = Callable[[str], dict[str, int]]
-#: ``presence_event(event)`` hands a presence event (from any process) to the local registry.
-PresenceEventFn = Callable[[PresenceEvent], None]
+class Sink(Protocol):
+    """The local side of a registry, as a backend sees it: where received messages go."""
 
+    def deliver(self, channel: str, frame: Frame, exclude: str | None) -> int:
+        """Queue ``frame`` for the local subscribers of ``channel``; returns how many."""
 
-def _ignore_event(event: PresenceEvent) -> None:
-    return None
+    def control(self, op: str, args: dict[str, Any]) -> None:
+        """Apply a remote-control operation (e.g. ``disconnect_user``) to local connections."""
+
+    def presence(self, group: str) -> dict[str, int]:
+        """``{user_id: connections}`` in ``group``, this process only."""
+
+    def presence_snapshot(self) -> dict[str, dict[str, int]]:
+        """``{group: {user_id: connections}}`` for every group with a local user."""
+
+    def presence_event(self, event: PresenceEvent) -> None:
+        """A presence event from any process, for the registry's callbacks."""
 
 
 class Backend(ABC):
@@ -54,18 +55,11 @@ class Backend(ABC):
 
     name = "backend"
     _watching_presence = False
+    sink: Sink
 
-    def bind(
-        self,
-        deliver: DeliverFn,
-        control: ControlFn,
-        presence: LocalPresenceFn,
-        presence_event: PresenceEventFn | None = None,
-    ) -> None:
-        self._deliver = deliver
-        self._control = control
-        self._local_presence = presence
-        self._presence_event = presence_event or _ignore_event
+    def bind(self, sink: Sink) -> None:
+        """Attach the registry side that receives this backend's deliveries."""
+        self.sink = sink
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect; called by ``Registry.start``."""
@@ -102,7 +96,7 @@ class Backend(ABC):
         This default hands events straight to the local registry (one process, nothing stored).
         """
         if event is not None and self._watching_presence:
-            self._presence_event(
+            self.sink.presence_event(
                 {"type": "presence", "group": group, "user_id": user_id, "event": event}
             )
 

@@ -16,7 +16,7 @@ class MemoryBackend(Backend):
     name = "memory"
 
     async def publish(self, channel: str, frame: Frame, exclude: str | None) -> None:
-        self._deliver(channel, frame, exclude)
+        self.sink.deliver(channel, frame, exclude)
 
     async def subscribe(self, channel: str) -> None:
         return None
@@ -25,7 +25,7 @@ class MemoryBackend(Backend):
         return None
 
     async def control(self, op: str, args: dict[str, Any]) -> None:
-        self._control(op, args)
+        self.sink.control(op, args)
 
     async def presence(self, group: str) -> dict[str, int]:
-        return self._local_presence(group)
+        return self.sink.presence(group)

@@ -705,7 +705,7 @@ class RedisBackend(Backend):
                 else:
                     frame, exclude = unpack_frame(data)
                     self._received += 1
-                    self._deliver(channel[len(self._key_prefix) :].decode(), frame, exclude)
+                    self.sink.deliver(channel[len(self._key_prefix) :].decode(), frame, exclude)
             except EnvelopeError as exc:
                 self._skipped += 1
                 logger.warning("skipping a message on %r: %s", channel, exc)
@@ -722,7 +722,7 @@ class RedisBackend(Backend):
         if not isinstance(body, dict) or not isinstance(body.get("args"), dict):
             raise EnvelopeError("malformed control message")
         self._control_received += 1
-        self._control(str(body.get("op")), body["args"])
+        self.sink.control(str(body.get("op")), body["args"])
 
     def _on_presence_event(self, data: bytes) -> None:
         body = _unpack_json(data)
@@ -740,7 +740,7 @@ class RedisBackend(Backend):
             "user_id": body["user_id"],
             "event": body["event"],
         }
-        self._presence_event(event)
+        self.sink.presence_event(event)
 
     # -- up / down ---------------------------------------------------------------------------
 
@@ -834,20 +834,15 @@ class RedisBackend(Backend):
             ttl = self.ttl_ms
             async with redis.pipeline(transaction=True) as pipe:
                 if full:
-                    groups = [c[2:] for c in self._wanted if c.startswith("g:")]
-                    stale = self._presence_groups.difference(groups)
-                    written: set[str] = set()
-                    for group in stale:
+                    snapshot = self.sink.presence_snapshot()
+                    for group in self._presence_groups.difference(snapshot):
                         pipe.delete(self.presence_key(group))
-                    for group in groups:
-                        counts = self._local_presence(group)
+                    for group, counts in snapshot.items():
                         key = self.presence_key(group)
                         pipe.delete(key)
-                        if counts:
-                            pipe.hset(key, mapping=counts)  # type: ignore[arg-type]
-                            pipe.pexpire(key, ttl)
-                            written.add(group)
-                    self._presence_groups = written
+                        pipe.hset(key, mapping=counts)  # type: ignore[arg-type]
+                        pipe.pexpire(key, ttl)
+                    self._presence_groups = set(snapshot)
                     info = {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
                     pipe.set(self.process_key(), json.dumps(info), px=ttl)
                     pipe.sadd(self._processes_key, self.process_id)
@@ -918,7 +913,7 @@ class RedisBackend(Backend):
 
     async def presence(self, group: str) -> dict[str, int]:
         """Local counts plus every other live process's entry for ``group``."""
-        totals = dict(self._local_presence(group)) if self.listen else {}
+        totals = dict(self.sink.presence(group)) if self.listen else {}
         redis = self._redis
         if redis is None or (self._down and self.listen):
             raise BackendUnavailable(
