@@ -1,9 +1,13 @@
 """One accepted WebSocket: identity, user, and a bounded outbound queue drained by a writer.
 
 Publishing never awaits the client. An idle connection's frame goes to the ASGI ``send`` at
-once, stepped synchronously like an eager task; only if ``send`` has to wait (a full transport)
-does a writer task take it over. Later frames queue behind it, and the writer sends everything
-queued in one wake-up. With ``coalesce`` on, frames always queue so that they can be joined.
+once (see :mod:`~asgi_groups.eager`); only if ``send`` has to wait (a full transport) does a
+writer task take it over. Later frames queue behind it, and the writer sends everything queued
+in one wake-up. With ``coalesce`` on, frames always queue so that they can be joined.
+
+A connection knows nothing of any registry. :meth:`Connection.deliver` reports what happened
+as an outcome; every other way of leaving the open state (a close, the transport failing,
+``finish``) calls the ``on_closed`` callback, at most once.
 """
 
 from __future__ import annotations
@@ -12,49 +16,69 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from . import codes
+from . import codes, eager
 from .errors import ConnectionClosed
 from .frames import Frame, encode
 from .limits import DEFAULT_QUEUE_LIMITS, QueueLimits
 from .types import Send, UserLike
 
-if TYPE_CHECKING:
-    from .registry import Registry
-
-__all__ = ["Connection"]
+__all__ = ["DELIVERED", "FAILED", "NOT_OPEN", "OVERFLOWED", "Connection"]
 
 logger = logging.getLogger("asgi_groups.connection")
+
+#: Outcomes of :meth:`Connection.deliver`. Non-negative: delivered (written at once or queued);
+#: the value is how many older frames were dropped to make room (``overflow="drop_oldest"``).
+DELIVERED = 0
+#: Closing or closed already: not delivered, nothing changed.
+NOT_OPEN = -1
+#: The queue was full: not delivered; the connection is now closing with 1013.
+OVERFLOWED = -2
+#: The transport failed: not delivered; the connection is closed.
+FAILED = -3
 
 OPEN = 0
 CLOSING = 1
 CLOSED = 2
 
+ClosedCallback = Callable[["Connection"], None]
+GroupsLookup = Callable[["Connection"], frozenset[str]]
+
+
+def _no_groups(conn: Connection) -> frozenset[str]:
+    return frozenset()
+
 
 class Connection:
-    """An accepted WebSocket registered with a :class:`~asgi_groups.Registry`.
+    """An accepted WebSocket whose frames go to an ASGI ``send``.
 
     ``id`` is server-generated; ``user_id`` is ``str(user.id)`` for an authenticated user,
     else ``None``. Frames wait in a queue bounded by ``limits``; see :class:`QueueLimits`.
+    ``owner`` is the task serving the socket: it is cancelled when a close does not complete
+    within ``limits.close_timeout``. ``groups_of`` answers :attr:`groups` (the registry's
+    router does), so that the connection itself keeps no membership.
     """
 
     __slots__ = (
         "__weakref__",
         "_close_timer",
+        "_groups_of",
         "_killed",
         "_loop",
+        "_on_closed",
         "_owner",
         "_queue",
         "_queued_bytes",
-        "_registry",
         "_send",
         "_state",
         "_writer",
         "close_code",
+        "dropped",
         "id",
         "limits",
+        "overflowed",
         "user",
         "user_id",
     )
@@ -64,9 +88,10 @@ class Connection:
         send: Send,
         user: UserLike | None = None,
         *,
-        registry: Registry | None = None,
         limits: QueueLimits = DEFAULT_QUEUE_LIMITS,
         owner: asyncio.Task[Any] | None = None,
+        on_closed: ClosedCallback | None = None,
+        groups_of: GroupsLookup = _no_groups,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.user = user
@@ -75,8 +100,13 @@ class Connection:
         )
         self.limits = limits
         self.close_code: int | None = None
+        #: Frames dropped for this connection to make room (``overflow="drop_oldest"``).
+        self.dropped = 0
+        #: True once the connection was closed because its queue overflowed (a slow reader).
+        self.overflowed = False
         self._send = send
-        self._registry = registry
+        self._on_closed = on_closed
+        self._groups_of = groups_of
         self._loop = asyncio.get_running_loop()
         self._owner = owner if owner is not None else asyncio.current_task()
         self._queue: deque[Frame] | None = None
@@ -100,9 +130,7 @@ class Connection:
     @property
     def groups(self) -> frozenset[str]:
         """The groups this connection is in (empty once it has left the registry)."""
-        if self._registry is None:
-            return frozenset()
-        return self._registry.groups_of(self)
+        return self._groups_of(self)
 
     @property
     def queued(self) -> tuple[int, int]:
@@ -111,35 +139,40 @@ class Connection:
 
     # -- outbound ----------------------------------------------------------------------------
 
-    def deliver(self, frame: Frame) -> bool:
-        """Queue ``frame`` without waiting; False when closed, dropped or overflowing (closed)."""
+    def deliver(self, frame: Frame) -> int:
+        """Write or queue ``frame`` without waiting; returns an outcome (see ``DELIVERED``).
+
+        Never calls ``on_closed``: the caller acts on the outcome.
+        """
         if self._state:
-            return False
+            return NOT_OPEN
         queue = self._queue
         if self._writer is None and not queue and self.limits.coalesce == 1:
-            self._write_now(frame.event)
-            return True
+            return self._write_now(frame.event)
+        dropped = DELIVERED
         if queue is None:
             queue = self._queue = deque()
-        elif (
-            queue
-            and (
-                len(queue) >= self.limits.max_messages
-                or self._queued_bytes + frame.size > self.limits.max_bytes
-            )
-            and not self._make_room(queue, frame.size)
+        elif queue and (
+            len(queue) >= self.limits.max_messages
+            or self._queued_bytes + frame.size > self.limits.max_bytes
         ):
-            return False
+            dropped = self._make_room(queue, frame.size)
+            if dropped < 0:
+                return dropped
         queue.append(frame)
         self._queued_bytes += frame.size
         if self._writer is None:
             self._writer = self._loop.create_task(self._drain())
-        return True
+        return dropped
 
     async def send(self, message: Any) -> None:
         """Queue one message for this connection only (str, bytes, or JSON-able)."""
-        if not self.deliver(encode(message)) and self._state:
-            raise ConnectionClosed(f"connection {self.id} is closed")
+        outcome = self.deliver(encode(message))
+        if outcome >= 0:
+            return
+        if outcome != NOT_OPEN:
+            self._notify()
+        raise ConnectionClosed(f"connection {self.id} is closed")
 
     def close(self, code: int = codes.NORMAL, reason: str = "") -> None:
         """Close gracefully: frames already queued are written first, then the close frame."""
@@ -147,7 +180,6 @@ class Connection:
             return
         self._state = CLOSING
         self.close_code = code
-        self._detach()
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
@@ -155,20 +187,14 @@ class Connection:
         if self._writer is None:
             self._writer = self._loop.create_task(self._drain())
         self._arm_close_timer()
+        self._notify()
 
     def abort(self, code: int = codes.TRY_AGAIN_LATER, reason: str = "") -> None:
         """Close now, discarding what is queued (slow reader, revocation)."""
         if self._state:
             return
-        self._state = CLOSING
-        self.close_code = code
-        self._detach()
-        self._queue = None
-        self._queued_bytes = 0
-        if self._writer is not None:
-            self._writer.cancel()
-        self._writer = self._loop.create_task(self._send_close(code, reason))
-        self._arm_close_timer()
+        self._abort(code, reason)
+        self._notify()
 
     async def wait_closed(self) -> None:
         """Wait (up to ``close_timeout``) until the close frame has been handed to the server."""
@@ -177,25 +203,45 @@ class Connection:
             return
         await asyncio.wait({writer}, timeout=self.limits.close_timeout)
 
+    def finish(self) -> None:
+        """Final cleanup once the socket is done: cancel timers and the writer.
+
+        Called by the code that owns the socket (``Registry.attached`` does it at the end).
+        """
+        self._state = CLOSED
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        self._writer = None
+        self._queue = None
+        self._queued_bytes = 0
+        self._owner = None
+        self._notify()
+
     # -- internals ---------------------------------------------------------------------------
 
-    def _write_now(self, event: dict[str, Any]) -> None:
-        """Run ``send(event)`` up to its first wait; a writer task finishes it if it waits."""
-        sending = self._send(event)
-        if not isinstance(sending, Coroutine):  # a Future or other awaitable: a task awaits it
-            self._writer = self._loop.create_task(self._drain(sending))
-            return
+    def _notify(self) -> None:
+        """Call ``on_closed`` once."""
+        callback, self._on_closed = self._on_closed, None
+        if callback is not None:
+            callback(self)
+
+    def _write_now(self, event: dict[str, Any]) -> int:
+        """Send ``event`` in place; a writer task finishes the send if it has to wait."""
         try:
-            waiting = sending.send(None)
-        except StopIteration:
-            return
+            rest = eager.start(self._send(event))
         except Exception as exc:  # the client went away
             logger.debug("connection %s: send failed: %r", self.id, exc)
             self._gone()
-            return
-        self._writer = self._loop.create_task(self._drain(_Resumed(sending, waiting)))
+            return FAILED
+        if rest is not None:
+            self._writer = self._loop.create_task(self._drain(rest))
+        return DELIVERED
 
-    def _make_room(self, queue: deque[Frame], size: int) -> bool:
+    def _make_room(self, queue: deque[Frame], size: int) -> int:
+        """Apply the overflow policy: the number of frames dropped, or ``OVERFLOWED``."""
         limits = self.limits
         if limits.overflow == "drop_oldest":
             dropped = 0
@@ -204,14 +250,22 @@ class Connection:
             ):
                 self._queued_bytes -= queue.popleft().size
                 dropped += 1
-            if self._registry is not None:
-                self._registry._count_dropped(dropped)
-            return True
-        if self._registry is not None:
-            self._registry._count_slow_closed()
+            self.dropped += dropped
+            return dropped
         logger.warning("closing slow connection %s: outbound queue full", self.id)
-        self.abort(codes.TRY_AGAIN_LATER, "slow reader")
-        return False
+        self.overflowed = True
+        self._abort(codes.TRY_AGAIN_LATER, "slow reader")
+        return OVERFLOWED
+
+    def _abort(self, code: int, reason: str) -> None:
+        self._state = CLOSING
+        self.close_code = code
+        self._queue = None
+        self._queued_bytes = 0
+        if self._writer is not None:
+            self._writer.cancel()
+        self._writer = self._loop.create_task(self._send_close(code, reason))
+        self._arm_close_timer()
 
     async def _drain(self, started: Awaitable[Any] | None = None) -> None:
         send = self._send
@@ -238,6 +292,7 @@ class Connection:
         except Exception as exc:  # the client went away: nothing left to write to
             logger.debug("connection %s: send failed: %r", self.id, exc)
             self._gone()
+            self._notify()
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
@@ -268,15 +323,10 @@ class Connection:
                 self._writer = None
 
     def _gone(self) -> None:
-        """The transport failed: stop writing and leave the registry."""
+        """The transport failed: stop writing."""
         self._state = CLOSED
         self._queue = None
         self._queued_bytes = 0
-        self._detach()
-
-    def _detach(self) -> None:
-        if self._registry is not None:
-            self._registry._detach(self)
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None:
@@ -294,54 +344,6 @@ class Connection:
             logger.warning("connection %s did not close in time; tearing it down", self.id)
             owner.cancel()
 
-    def finish(self) -> None:
-        """Final cleanup once the socket is done: cancel timers and the writer, leave the registry.
-
-        Called by the code that owns the socket (``WsView`` does it in ``finally``).
-        """
-        self._state = CLOSED
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()
-        self._writer = None
-        self._queue = None
-        self._queued_bytes = 0
-        self._owner = None
-        if self._registry is not None:
-            self._registry._detach(self)
-
     def __repr__(self) -> str:
         state = ("open", "closing", "closed")[self._state]
         return f"<Connection {self.id[:8]} user={self.user_id!r} {state}>"
-
-
-class _Resumed:
-    """A coroutine that has already run up to a wait (it yielded ``waiting``), made awaitable
-    again so that a task can drive it on exactly as if it had started it."""
-
-    __slots__ = ("_coro", "_waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
-        self._coro = coro
-        self._waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, waiting = self._coro, self._waiting
-        while True:
-            try:
-                value = yield waiting
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    waiting = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    waiting = coro.send(value)
-                except StopIteration as stop:
-                    return stop.value

@@ -1,4 +1,10 @@
-"""The Registry: the one object an application talks to — join, leave, send, presence, stats."""
+"""The Registry: the one object an application talks to — join, leave, send, presence, stats.
+
+An async shell around the pure :class:`~asgi_groups.router.Router`: it asks the router who
+receives what, performs the effects the router returns (backend subscriptions, presence), and
+counts what each connection reports. Nothing below it calls back into it except a connection's
+one ``on_closed`` callback and the backend's :class:`~asgi_groups.backends.base.Sink`.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +15,29 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from . import codes
-from .backends import BROADCAST, Backend, backend_from_url
+from .backends import Backend, backend_from_url
 from .backends.base import PresenceEvent
-from .connection import Connection
+from .channels import BROADCAST, MAX_GROUP_NAME, group_channel, user_channel, user_key
+from .connection import NOT_OPEN, Connection
 from .errors import ConnectionClosed, MessageTooLarge, RegistryClosed
 from .frames import Frame, encode
 from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_LIMITS, QueueLimits
-from .membership import Membership
+from .router import Effect, PresenceChanged, Router, Subscribe, Unsubscribe
 from .types import Send, UserLike
 
 if TYPE_CHECKING:
     from .sync import SyncRegistry
 
-__all__ = ["PresenceCallback", "PresenceEvent", "Registry", "Stats"]
+__all__ = ["MAX_GROUP_NAME", "PresenceCallback", "PresenceEvent", "Registry", "Stats"]
 
 logger = logging.getLogger("asgi_groups.registry")
 
 Exclude = Connection | str | None
 #: ``callback(event)``, sync or async, registered with ``Registry.on_presence``.
 PresenceCallback = Callable[[PresenceEvent], Awaitable[None] | None]
-
-MAX_GROUP_NAME = 200
 
 _SYNC_LOCK = threading.Lock()
 
@@ -49,18 +54,6 @@ class Stats:
     dropped: int
     slow_closed: int
     backend: dict[str, Any] = field(default_factory=dict)
-
-
-def _channel_of_group(group: str) -> str:
-    if not isinstance(group, str) or not group or len(group) > MAX_GROUP_NAME:
-        raise ValueError(f"group names are non-empty strings of at most {MAX_GROUP_NAME} chars")
-    return "g:" + group
-
-
-def _user_key(user_id: object) -> str:
-    if user_id is None:
-        raise ValueError("user_id is required")
-    return str(user_id)
 
 
 class Registry:
@@ -81,23 +74,20 @@ class Registry:
         **backend_options: Any,
     ) -> None:
         self.url = url or "memory://"
-        self._members: Membership[Connection] = Membership()
-        self._by_id: dict[str, Connection] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.router: Router[Connection] = Router()
         self.limits = limits
         self.max_message_size = max_message_size
         self.backend = backend if backend is not None else backend_from_url(url, **backend_options)
         self.backend.bind(_Local(self))
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._presence_callbacks: list[PresenceCallback] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: SyncRegistry | None = None
         self._started = False
         self._messages_sent = 0
         self._deliveries = 0
-        self._dropped = 0
+        self._dropped = 0  # by connections that have left
         self._slow_closed = 0
-        self._delivering = False
-        self._detach_later: list[Connection] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,7 +104,7 @@ class Registry:
         if not self._started:
             return
         self._started = False
-        for conn in list(self._members.members()):
+        for conn in list(self.router.members()):
             conn.close(codes.SERVICE_RESTART, "server shutting down")
         await self.backend.close()
         pending = [task for task in self._tasks if not task.done()]
@@ -160,13 +150,21 @@ class Registry:
         owner: asyncio.Task[Any] | None = None,
         limits: QueueLimits | None = None,
     ) -> Connection:
-        """Register an accepted socket whose frames go to ``send``; returns its Connection."""
+        """Register an accepted socket whose frames go to ``send``; returns its Connection.
+
+        The caller owns the socket and calls ``conn.finish()`` when it is done; prefer
+        :meth:`attached`, which does that.
+        """
         self._require_started()
-        conn = Connection(send, user, registry=self, limits=limits or self.limits, owner=owner)
-        self._by_id[conn.id] = conn
-        if self._members.add(conn):
-            assert conn.user_id is not None
-            await self.backend.subscribe("u:" + conn.user_id)
+        conn = Connection(
+            send,
+            user,
+            limits=limits or self.limits,
+            owner=owner,
+            on_closed=self._detach,
+            groups_of=self.router.groups_of,
+        )
+        await self._perform(self.router.connect(conn))
         return conn
 
     @contextlib.asynccontextmanager
@@ -203,51 +201,77 @@ class Registry:
 
     def get(self, connection_id: str) -> Connection | None:
         """The local connection with this id, if any."""
-        return self._by_id.get(connection_id)
+        return self.router.get(connection_id)
 
     def connections(self, user_id: object | None = None) -> list[Connection]:
         """Local connections, all or one user's."""
         if user_id is None:
-            return list(self._members.members())
-        return list(self._members.user(_user_key(user_id)))
+            return list(self.router.members())
+        return list(self.router.user(user_id))
 
     async def join(self, conn: Connection, group: str) -> None:
         """Put ``conn`` in ``group`` (no-op if already there)."""
-        channel = _channel_of_group(group)
-        if not conn.is_open or conn not in self._members:
+        group_channel(group)
+        if not conn.is_open or conn not in self.router:
             raise ConnectionClosed(f"connection {conn.id} is closed")
-        user_id = conn.user_id
-        fresh = user_id is not None and conn not in self._members.group(group)
-        created = self._members.join(conn, group)
-        if fresh:
-            assert user_id is not None
-            self._presence_changed(group, user_id, joined=True)
-        if created:
-            try:
-                await self.backend.subscribe(channel)
-            except BaseException:
-                self._leave(conn, group)
-                raise
-        if fresh:
-            await self.backend.flush_presence()
+        effects = self.router.join(conn, group)
+        try:
+            await self._perform(effects)
+        except BaseException:
+            self._perform_now(self.router.leave(conn, group))
+            raise
 
     async def leave(self, conn: Connection, group: str) -> None:
         """Take ``conn`` out of ``group`` (no-op if not there)."""
-        _channel_of_group(group)
-        self._leave(conn, group)
+        self._perform_now(self.router.leave(conn, group))
 
     def groups_of(self, conn: Connection) -> frozenset[str]:
-        return self._members.groups_of(conn)
+        """The groups ``conn`` is in (empty once it has left the registry)."""
+        return self.router.groups_of(conn)
+
+    # -- effects -----------------------------------------------------------------------------
+
+    async def _perform(self, effects: list[Effect]) -> None:
+        """Apply ``effects``: presence first, then wait for new subscriptions and presence."""
+        if not effects:
+            return
+        self._perform_now(effects)
+        presence = False
+        for effect in effects:
+            if type(effect) is Subscribe:
+                await self.backend.subscribe(effect.channel)
+            elif type(effect) is PresenceChanged:
+                presence = True
+        if presence:
+            await self.backend.flush_presence()
+
+    def _perform_now(self, effects: list[Effect]) -> None:
+        """Apply the effects that do not wait: unsubscriptions and presence changes."""
+        backend = self.backend
+        for effect in effects:
+            if type(effect) is Unsubscribe:
+                backend.unsubscribe(effect.channel)
+            elif type(effect) is PresenceChanged:
+                backend.presence_changed(effect.group, effect.user_id, effect.count, effect.event)
+
+    def _detach(self, conn: Connection) -> None:
+        """``conn`` left the open state: take it out of every index, once."""
+        if conn not in self.router:
+            return
+        self._dropped += conn.dropped
+        if conn.overflowed:
+            self._slow_closed += 1
+        self._perform_now(self.router.disconnect(conn))
 
     # -- sending -----------------------------------------------------------------------------
 
     async def send_group(self, group: str, message: Any, *, exclude: Exclude = None) -> None:
         """Send to every connection in ``group``, in every process."""
-        await self._publish(_channel_of_group(group), message, exclude)
+        await self._publish(group_channel(group), message, exclude)
 
     async def send_user(self, user_id: object, message: Any, *, exclude: Exclude = None) -> None:
         """Send to every connection (every tab, every process) of one user."""
-        await self._publish("u:" + _user_key(user_id), message, exclude)
+        await self._publish(user_channel(user_id), message, exclude)
 
     async def broadcast(self, message: Any, *, exclude: Exclude = None) -> None:
         """Send to every connection in every process."""
@@ -270,26 +294,24 @@ class Registry:
         self._messages_sent += 1
 
     def deliver(self, channel: str, frame: Frame, exclude: str | None) -> int:
-        """Queue ``frame`` for every local subscriber of ``channel``; returns how many."""
-        if channel == BROADCAST:
-            members: Iterable[Connection] = self._members.members()
-        elif channel[0] == "g":
-            members = self._members.group(channel[2:])
-        else:
-            members = self._members.user(channel[2:])
-        skip = self._by_id.get(exclude) if exclude else None
+        """Queue ``frame`` for every local recipient of ``channel``; returns how many took it.
+
+        Connections that closed while taking it (slow reader, broken transport) leave the
+        indexes after the loop, never during it.
+        """
         delivered = 0
-        self._delivering = True
-        try:
-            for conn in members:
-                if conn is not skip and conn.deliver(frame):
-                    delivered += 1
-        finally:
-            self._delivering = False
-            if self._detach_later:
-                pending, self._detach_later = self._detach_later, []
-                for conn in pending:
-                    self._detach(conn)
+        closed: list[Connection] | None = None
+        for conn in self.router.recipients(channel, exclude):
+            outcome = conn.deliver(frame)
+            if outcome >= 0:
+                delivered += 1
+            elif outcome != NOT_OPEN:  # overflowed or failed: it is closing now
+                if closed is None:
+                    closed = []
+                closed.append(conn)
+        if closed is not None:
+            for conn in closed:
+                self._detach(conn)
         self._deliveries += delivered
         return delivered
 
@@ -297,7 +319,7 @@ class Registry:
 
     async def presence(self, group: str) -> dict[str, int]:
         """``{user_id: connections}`` of the users in ``group``, over every process."""
-        _channel_of_group(group)
+        group_channel(group)
         return await self.backend.presence(group)
 
     async def disconnect_user(
@@ -306,37 +328,38 @@ class Registry:
         """Close every socket of ``user_id`` in every process (logout, ban, password change)."""
         self._require_started()
         await self.backend.control(
-            "disconnect_user", {"user_id": _user_key(user_id), "code": code, "reason": reason}
+            "disconnect_user", {"user_id": user_key(user_id), "code": code, "reason": reason}
         )
 
     async def join_user(self, user_id: object, group: str) -> None:
         """Put every connection of ``user_id``, in every process, in ``group``."""
         self._require_started()
-        _channel_of_group(group)
-        await self.backend.control("join_user", {"user_id": _user_key(user_id), "group": group})
+        group_channel(group)
+        await self.backend.control("join_user", {"user_id": user_key(user_id), "group": group})
 
     async def leave_user(self, user_id: object, group: str) -> None:
         """Take every connection of ``user_id``, in every process, out of ``group``."""
         self._require_started()
-        _channel_of_group(group)
-        await self.backend.control("leave_user", {"user_id": _user_key(user_id), "group": group})
+        group_channel(group)
+        await self.backend.control("leave_user", {"user_id": user_key(user_id), "group": group})
 
     def control(self, op: str, args: dict[str, Any]) -> None:
-        conns = list(self._members.user(str(args.get("user_id"))))
+        """Apply a remote-control operation from any process to this process's connections."""
+        conns = list(self.router.user(args.get("user_id")))
         if op == "disconnect_user":
             for conn in conns:
                 conn.close(int(args.get("code", codes.UNAUTHORIZED)), str(args.get("reason", "")))
         elif op == "join_user":
             group = str(args["group"])
             for conn in conns:
-                fresh = conn not in self._members.group(group)
-                if self._members.join(conn, group):
-                    self._spawn(self.backend.subscribe(_channel_of_group(group)))
-                if fresh and conn.user_id is not None:
-                    self._presence_changed(group, conn.user_id, joined=True)
+                effects = self.router.join(conn, group)
+                self._perform_now(effects)
+                for effect in effects:
+                    if type(effect) is Subscribe:
+                        self._spawn(self.backend.subscribe(effect.channel))
         elif op == "leave_user":
             for conn in conns:
-                self._leave(conn, str(args["group"]))
+                self._perform_now(self.router.leave(conn, str(args["group"])))
         else:
             logger.warning("ignoring unknown control operation %r", op)
 
@@ -362,17 +385,6 @@ class Registry:
                 self._presence_callbacks.remove(callback)
 
         return remove
-
-    def _presence_changed(self, group: str, user_id: str, *, joined: bool) -> None:
-        """Tell the backend ``user_id``'s local connection count in ``group`` changed by one."""
-        members = self._members.group(group)
-        count = sum(1 for conn in self._members.user(user_id) if conn in members)
-        event: Literal["join", "leave"] | None = None
-        if joined and count == 1:
-            event = "join"
-        elif not joined and count == 0:
-            event = "leave"
-        self.backend.presence_changed(group, user_id, count, event)
 
     def presence_event(self, event: PresenceEvent) -> None:
         """Run the presence callbacks soon (never inside the membership change that caused it)."""
@@ -405,77 +417,35 @@ class Registry:
     # -- stats -------------------------------------------------------------------------------
 
     def stats(self) -> Stats:
-        connections, users, groups = self._members.counts
+        connections, users, groups = self.router.counts
+        dropped = self._dropped + sum(conn.dropped for conn in self.router.members())
         return Stats(
             connections=connections,
             users=users,
             groups=groups,
             messages_sent=self._messages_sent,
             deliveries=self._deliveries,
-            dropped=self._dropped,
+            dropped=dropped,
             slow_closed=self._slow_closed,
             backend=self.backend.stats(),
         )
-
-    # -- called by Connection ----------------------------------------------------------------
-
-    def _count_dropped(self, n: int) -> None:
-        self._dropped += n
-
-    def _count_slow_closed(self) -> None:
-        self._slow_closed += 1
-
-    def _detach(self, conn: Connection) -> None:
-        """Remove ``conn`` from every index (deferred while a delivery loop is running)."""
-        if self._delivering:
-            self._detach_later.append(conn)
-            return
-        user_id = conn.user_id
-        groups = self._members.groups_of(conn) if user_id is not None else frozenset()
-        removed = self._members.remove(conn)
-        self._by_id.pop(conn.id, None)
-        if removed is None:
-            return
-        for group in removed.groups:
-            self.backend.unsubscribe("g:" + group)
-        if removed.user_gone:
-            assert user_id is not None
-            self.backend.unsubscribe("u:" + user_id)
-        if user_id is not None:
-            for group in groups:
-                self._presence_changed(group, user_id, joined=False)
-
-    def _leave(self, conn: Connection, group: str) -> None:
-        user_id = conn.user_id
-        was_in = user_id is not None and conn in self._members.group(group)
-        if self._members.leave(conn, group):
-            self.backend.unsubscribe("g:" + group)
-        if was_in:
-            assert user_id is not None
-            self._presence_changed(group, user_id, joined=False)
 
     def _require_started(self) -> None:
         if not self._started:
             raise RegistryClosed("the registry is not started: use 'async with Registry()'")
 
     def __repr__(self) -> str:
-        return f"<Registry {self.url} connections={len(self._members)}>"
+        return f"<Registry {self.url} connections={len(self.router)}>"
 
 
 class _Local:
     """The registry's local side, as its backend sees it (a :class:`~.backends.base.Sink`)."""
 
-    __slots__ = ("control", "deliver", "members", "presence_event")
+    __slots__ = ("control", "deliver", "presence", "presence_event", "presence_snapshot")
 
     def __init__(self, registry: Registry) -> None:
         self.deliver = registry.deliver
         self.control = registry.control
         self.presence_event = registry.presence_event
-        self.members = registry._members
-
-    def presence(self, group: str) -> dict[str, int]:
-        return self.members.presence(group)
-
-    def presence_snapshot(self) -> dict[str, dict[str, int]]:
-        snapshot = {group: self.members.presence(group) for group in self.members.group_names()}
-        return {group: counts for group, counts in snapshot.items() if counts}
+        self.presence = registry.router.presence
+        self.presence_snapshot = registry.router.presence_snapshot

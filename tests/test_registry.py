@@ -93,21 +93,34 @@ async def test_bytes_go_out_as_binary_frames() -> None:
         assert out.events == [{"type": "websocket.send", "bytes": b"\x00\x01"}]
 
 
-async def test_idle_socket_written_at_once_and_a_blocked_one_drains_in_one_wake_up() -> None:
+async def test_idle_socket_written_at_once_and_a_blocked_one_drains_by_one_writer() -> None:
+    """A ready socket is written inside the publish, by the publisher, without a task; a
+    blocked one gets one writer task that writes everything queued once the client reads."""
+    writers: list[asyncio.Task[Any] | None] = []
+    out = Outbox()
+
+    async def send(event: Any) -> None:
+        writers.append(asyncio.current_task())
+        await out(event)
+
     async with Registry() as reg:
-        conn, out = await tab(reg, 1)
+        conn = await reg.connect(send, SimpleUser(1, "a"))
+        me = asyncio.current_task()
+        tasks = asyncio.all_tasks()
         await reg.send_user(1, "now")
-        assert out.texts == ["now"] and conn._writer is None  # no task for a ready socket
+        assert out.texts == ["now"] and writers == [me]  # written before send_user returned
+        assert asyncio.all_tasks() == tasks  # and no task was made for it
         out.gate.clear()  # the client's transport is full: the next send has to wait
         for i in range(100):
             await reg.send_user(1, str(i))
         assert conn.queued[0] == 99  # the first waits inside send; publishing did not wait
-        await asyncio.sleep(0)  # the writer task takes over the waiting send
-        assert out.texts == ["now"] and conn._writer is not None
+        (writer,) = asyncio.all_tasks() - tasks  # one writer, however many frames
         out.gate.set()
-        await asyncio.sleep(0)  # one loop turn: the writer sends all of it
+        await writer  # it ends once everything is written: no writer while idle
         assert out.texts == ["now", *map(str, range(100))]
-        assert conn._writer is None  # no writer while idle
+        assert writers[1] is me  # the first blocked send was started in place, then handed on
+        assert set(writers[2:]) == {writer}
+        assert conn.queued == (0, 0)
 
 
 async def test_send_failing_at_once_or_returning_a_future() -> None:
