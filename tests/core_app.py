@@ -8,6 +8,10 @@ from typing import Any
 from asgi_groups import GroupsMiddleware, InMemoryUsers, QueueLimits, Registry, SimpleUser, WsView
 from asgi_groups.types import ASGIApp, Receive, Scope, Send
 
+from .support.codecs import PlainCookie
+
+__all__ = ["USERS", "Hub", "PlainCookie", "make_app"]
+
 USERS = InMemoryUsers(
     [
         SimpleUser(1, "greg", frozenset({"boys"})),
@@ -15,18 +19,6 @@ USERS = InMemoryUsers(
         SimpleUser(3, "amanda", frozenset({"girls"})),
     ]
 )
-
-
-class PlainCookie:
-    """A stand-in codec: the cookie value is the user id (signed codecs are tested elsewhere)."""
-
-    cookie_name = "session"
-
-    def decode(self, value: str) -> dict[str, Any] | None:
-        return {"user_id": value} if value.isdigit() else None
-
-    def encode(self, session: dict[str, Any]) -> str:
-        return str(session["user_id"])
 
 
 class Hub(WsView):

@@ -30,9 +30,14 @@ class Outbox:
 
 
 async def drained(*conns: Connection) -> None:
-    """Let every writer run until nothing is queued (event-loop turns, no wall-clock sleeps)."""
+    """Let every writer run until nothing is queued: open connections until their queues are
+    empty, closing ones until their close frame is written (``wait_closed``). Event-loop turns
+    only, no wall-clock sleeps; what was written is then in the ``Outbox``."""
+    for conn in conns:
+        if not conn.is_open:
+            await conn.wait_closed()
     for _ in range(10_000):
-        if all(c.queued[0] == 0 and c._writer is None for c in conns):
+        if all(c.queued == (0, 0) for c in conns):
             return
         await asyncio.sleep(0)
     raise AssertionError("writers did not drain")

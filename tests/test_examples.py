@@ -28,11 +28,7 @@ from examples.chat import fastapi_app, quart_app, starlette_app
 from examples.chat.common import ChatConfig
 
 from .adapter_apps.common import recv_json, silent
-from .support import redis as redis_support
 from .support.servers import serve_process
-
-redis_server = redis_support.redis_server
-redis_url = redis_support.redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = {"origin": "http://testserver"}

@@ -29,12 +29,11 @@ from asgi_groups.messaging import (
 )
 from asgi_groups.types import Receive, Scope, Send
 
-from .core_app import PlainCookie
-from .support.hostile import debug
+from .support.codecs import PlainCookie
+from .support.hostile import debug, malformed_frames
 from .support.rawclient import RawClient
 from .support.servers import serve, serve_process
 from .support.waiting import wait_until
-from .test_messaging import malformed_frames
 
 PEOPLE = [
     SimpleUser(1, "greg", frozenset({"boys"})),
@@ -298,7 +297,7 @@ async def test_invalid_utf8_text_frame_closes_1007_others_unaffected(probe: Prob
         await raw.connect()
         try:
             raw.protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "\xff"}'))
-            await raw._flush()
+            await raw.flush()
             await raw.read_all(timeout=10)
             assert raw.close_code == 1007
         finally:

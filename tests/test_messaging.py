@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pytest
@@ -29,6 +29,9 @@ from asgi_groups.messaging import (
 from asgi_groups.testing import WebSocketTestClient
 from asgi_groups.types import ASGIApp
 
+from .support.codecs import PlainCookie
+from .support.hostile import malformed_frames
+
 PEOPLE = [
     SimpleUser(1, "greg", frozenset({"boys"})),
     SimpleUser(2, "chuck", frozenset({"boys"})),
@@ -37,18 +40,6 @@ PEOPLE = [
     SimpleUser(5, "lisa", frozenset({"girls"})),
 ]
 IDS = {u.username: u.id for u in PEOPLE}
-
-
-class PlainCookie:
-    """A stand-in codec: the cookie value is the user id (signed codecs are tested elsewhere)."""
-
-    cookie_name = "session"
-
-    def decode(self, value: str) -> dict[str, Any] | None:
-        return {"user_id": value} if value.isdigit() else None
-
-    def encode(self, session: dict[str, Any]) -> str:
-        return str(session["user_id"])
 
 
 class FakeClock:
@@ -502,34 +493,6 @@ async def test_default_limits_close_a_flood(h: Harness) -> None:
         await greg.send_text("{}")  # the 31st still gets its error frame, then the close
         assert (await recv(greg))["error"] == "invalid_message"
         assert await greg.receive_close() == codes.TOO_MANY_ERRORS
-
-
-def malformed_frames() -> list[tuple[str | bytes, str]]:
-    """A thousand hostile frames, each worth exactly one error frame."""
-    kinds: list[Callable[[int], tuple[str | bytes, str]]] = [
-        lambda i: ("{" * (i % 7 + 1), "invalid_json"),
-        lambda i: (f'{{"type": "Group", "text": "t{i}"', "invalid_json"),
-        lambda i: ("'" + "x" * i + "'", "invalid_json"),
-        lambda i: (bytes([0xC0 + i % 64, 0x20]) + b"{}", "invalid_utf8"),
-        lambda i: (b"\xff" * (i % 5 + 1), "invalid_utf8"),
-        lambda i: (json.dumps([i, "Group"]), "invalid_message"),
-        lambda i: (json.dumps({"type": f"T{i}", "text": "x"}), "invalid_message"),
-        lambda i: (json.dumps({"type": "Group", "text": i, "group": "boys"}), "invalid_message"),
-        lambda i: (
-            json.dumps({"type": "Direct", "text": "x", "user_name": [i]}),
-            "invalid_message",
-        ),
-        lambda i: (
-            json.dumps({"type": "Group", "text": {"x": i}, "group": "boys"}),
-            "invalid_message",
-        ),
-        lambda i: ('{"type": "BroadCast", "text": 1e400}', "invalid_message"),
-        lambda i: ('{"type": "BroadCast", "text": ' + "1" * 5000 + "}", "invalid_message"),
-        lambda i: ("[" * 100_000 + "]" * 100_000, "invalid_message"),
-        lambda i: ('{"a":' * 1000 + "1" + "}" * 1000, "invalid_message"),
-        lambda i: (json.dumps({"type": "BroadCast", "text": "x" * (4097 + i)}), "text_too_long"),
-    ]
-    return [kinds[i % len(kinds)](i) for i in range(1000)]
 
 
 async def test_a_thousand_malformed_frames_one_error_each_socket_stays_open(h: Harness) -> None:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from asgi_groups import BackendUnavailable, Registry, SimpleUser
-from asgi_groups.backends.redis import RedisBackend
-from tests.support import redis as redis_support
 from tests.support.redis import (
-    FAST,
+    GUARD,
     Inbox,
     MakeRegistry,
     PausableProxy,
@@ -27,11 +23,6 @@ from tests.support.redis import (
 )
 from tests.support.servers import serve_process
 from tests.support.waiting import wait_until
-
-redis_server = redis_support.redis_server
-redis_url = redis_support.redis_url
-prefix = redis_support.prefix
-
 
 APP = "tests.redis_apps.groups_app:app"
 
@@ -51,21 +42,6 @@ class Hooks:
 
     def options(self) -> dict[str, Any]:
         return {"on_backend_down": self.on_down, "on_backend_up": self.on_up}
-
-
-@pytest.fixture
-async def make(redis_url: str, prefix: str) -> AsyncIterator[MakeRegistry]:
-    made: list[Registry] = []
-
-    async def factory(url: str | None = None, **options: Any) -> Registry:
-        registry = Registry(url or redis_url, **{"prefix": prefix, **FAST, **options})
-        await registry.start()
-        made.append(registry)
-        return registry
-
-    yield factory
-    for registry in reversed(made):
-        await registry.close()
 
 
 def stats(registry: Registry) -> dict[str, Any]:
@@ -116,10 +92,9 @@ async def test_sends_fail_fast_during_an_outage_and_work_after_it(
         await wait_until(lambda: stats(a)["down"] and stats(b)["down"])
         assert len(hooks.down) == 1
         for registry in (a, publisher):
-            started = time.monotonic()
+            # raised while Redis is still down: the send did not wait for it to come back
             with pytest.raises(BackendUnavailable):
                 await registry.send_group("boys", "lost")
-            assert time.monotonic() - started < 0.5
         with pytest.raises(BackendUnavailable):
             await a.presence("boys")
         with pytest.raises(BackendUnavailable):
@@ -158,10 +133,8 @@ async def test_a_silent_half_open_link_is_detected_and_repaired(
         await member(b, 2, "boys")
 
         proxy.pause()  # nothing is closed: the socket just goes quiet
-        paused = time.monotonic()
-        await wait_until(lambda: stats(a)["down"], timeout=3)
-        detected = time.monotonic() - paused
-        assert detected < 1.5, detected  # health_check_interval is 0.5 s
+        # no TCP error ever comes: only an unanswered health check can tell (GUARD: hang guard)
+        await wait_until(lambda: stats(a)["down"], timeout=GUARD)
         assert "no reply from Redis" in str(hooks.down[0])
         with pytest.raises(BackendUnavailable):
             await a.send_group("boys", "nope")
@@ -177,22 +150,25 @@ async def test_a_silent_half_open_link_is_detected_and_repaired(
         await proxy.close()
 
 
+def the_task(name: str) -> asyncio.Task[Any]:
+    """The one running task called ``name`` (the library names its background tasks)."""
+    tasks = [t for t in asyncio.all_tasks() if t.get_name() == name and not t.done()]
+    assert len(tasks) == 1, tasks
+    return tasks[0]
+
+
 async def test_a_crashed_listener_or_supervisor_is_restarted(make: MakeRegistry) -> None:
     hooks = Hooks()
     a = await make(**hooks.options())
-    b = await make()
+    b = await make(listen=False)  # publishes only: ``a`` has the one listener in this loop
     inbox = await member(a, 1, "boys")
-    backend = a.backend
-    assert isinstance(backend, RedisBackend)
 
-    assert backend._reader is not None
-    backend._reader.cancel()  # the listener task dies
+    the_task("asgi_groups.redis.listener").cancel()  # the listener task dies
     await wait_until(lambda: stats(a)["reconnects"] == 1 and not stats(a)["down"])
     await b.send_group("boys", "listening again")
     assert await inbox.text() == "listening again"
 
-    assert backend._supervisor is not None
-    backend._supervisor.cancel()  # even its supervisor dies
+    the_task("asgi_groups.redis.supervisor").cancel()  # even its supervisor dies
     await wait_until(lambda: stats(a)["reconnects"] == 2 and not stats(a)["down"])
     await b.send_group("boys", "supervised again")
     assert await inbox.text() == "supervised again"
@@ -270,18 +246,15 @@ async def test_a_sigkilled_process_leaves_no_presence_after_its_ttl(
 
         assert await presence() == {"doomed": 1, "survivor": 1}
         proc_a.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        await eventually(presence, lambda p: p == {"survivor": 1}, timeout=ttl + 2)
-        elapsed = time.monotonic() - killed
-        assert elapsed <= ttl + 0.5, elapsed
+        # nobody removes the dead process's entries: only their TTL can (GUARD: a hang guard)
+        await eventually(presence, lambda p: p == {"survivor": 1}, timeout=GUARD)
         with redis_server.client() as raw:
             # the dead process's own entries expire too (only the survivor's stays) ...
             await wait_until(
-                lambda: len(raw.keys(f"{prefix}:presence:{room}:*")) == 1,
-                timeout=max(0.1, killed + ttl + 0.5 - time.monotonic()),
+                lambda: len(raw.keys(f"{prefix}:presence:{room}:*")) == 1, timeout=GUARD
             )
             # ... and the survivor's heartbeat prunes it from the set of processes
-            await wait_until(lambda: raw.scard(f"{prefix}:processes") == 1, timeout=3)
+            await wait_until(lambda: raw.scard(f"{prefix}:processes") == 1, timeout=GUARD)
         with pytest.raises(Exception):  # noqa: B017 - any close error: the server is gone
             await doomed.message(timeout=2)
         await survivor.close()

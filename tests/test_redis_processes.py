@@ -10,11 +10,8 @@ from collections.abc import Iterator
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.support import redis as redis_support
 from tests.support.redis import RedisServer, WsClient, child_env, eventually
 from tests.support.servers import free_port, serve_process
-
-redis_server = redis_support.redis_server
 
 APP = "tests.redis_apps.groups_app:app"
 
@@ -24,6 +21,8 @@ Servers = tuple[str, str, str]
 @pytest.fixture(scope="module")
 def servers(redis_server: RedisServer) -> Iterator[Servers]:
     """Two server processes sharing one prefix (each test uses its own groups and users)."""
+    if not redis_server.running:
+        redis_server.start()
     prefix = "p" + uuid.uuid4().hex[:10]
     env = child_env(redis_server.url, prefix)
     with serve_process(APP, env=env) as (a, _), serve_process(APP, env=env) as (b, _):

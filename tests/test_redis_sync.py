@@ -10,12 +10,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 
 from asgi_groups import Registry, RegistryClosed, SimpleUser
 from asgi_groups.backends.redis import RedisBackend
-from tests.support import redis as redis_support
 from tests.support.redis import Inbox, RedisServer
-
-redis_server = redis_support.redis_server
-redis_url = redis_support.redis_url
-prefix = redis_support.prefix
 
 FAST = {"health_check_interval": 0.5, "socket_timeout": 1.0, "connect_timeout": 1.0}
 

@@ -31,10 +31,7 @@ from hypothesis.stateful import (
 
 from asgi_groups import BackendUnavailable, Registry, SimpleUser, codes
 from asgi_groups.connection import Connection
-from tests.support import redis as redis_support
 from tests.support.redis import Inbox, RedisServer
-
-redis_server = redis_support.redis_server
 
 T = TypeVar("T")
 
@@ -303,8 +300,8 @@ def test_two_registries_on_redis_follow_the_model(redis_server: RedisServer) -> 
 
 
 async def test_close_while_reconnecting_does_not_hang(redis_server: RedisServer) -> None:
-    """``Registry.close()`` returns within 3 s when called just as Redis comes back after an
-    outage (tried 20 times)."""
+    """``Registry.close()`` returns when called just as Redis comes back after an outage (tried
+    20 times; the 30 s wait is a hang guard, not a promise about speed)."""
     for _ in range(20):
         if not redis_server.running:
             redis_server.start()
@@ -318,4 +315,4 @@ async def test_close_while_reconnecting_does_not_hang(redis_server: RedisServer)
                 await asyncio.sleep(0.01)
         redis_server.start()
         for registry in registries:
-            await asyncio.wait_for(registry.close(), 3)
+            await asyncio.wait_for(registry.close(), 30)

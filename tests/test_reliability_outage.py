@@ -15,16 +15,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from asgi_groups import GroupsMiddleware, InMemoryUsers, Registry, SimpleUser
 from asgi_groups.messaging import MessagingView, StaticDirectory
-from tests.support import redis as redis_support
 from tests.support.redis import RedisServer
 
-from .core_app import PlainCookie
+from .support.codecs import PlainCookie
 from .support.servers import serve
 from .support.waiting import wait_until
-
-redis_server = redis_support.redis_server
-redis_url = redis_support.redis_url
-prefix = redis_support.prefix
 
 PEOPLE = [
     SimpleUser(1, "greg", frozenset({"boys"})),

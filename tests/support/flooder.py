@@ -1,10 +1,14 @@
 """Flood a ``tests.support.probe_app`` server from a process of its own.
 
-``python -m tests.support.flooder ADDRESS SECONDS USER [USER ...]`` opens one abusive
-connection per user, writes pre-built chat frames (direct messages to oneself, ~1 KiB each)
-as fast as the socket takes them, reads until the server closes, and reconnects to do it
-again until SECONDS have passed. It prints one JSON report: rounds, bytes and frames sent, and
-per connection the close code, the ``rate_limited`` refusals and the messages accepted.
+``python -m tests.support.flooder [--hold] [--min-bytes N] ADDRESS SECONDS USER [USER ...]``
+opens one
+abusive connection per user, writes pre-built chat frames (direct messages to oneself, ~1 KiB
+each) as fast as the socket takes them, reads until the server closes, and reconnects to do it
+again until SECONDS have passed (with ``--hold``: and until its stdin is closed, so the caller
+decides when the flood ends; with ``--min-bytes``: and until N bytes were sent, however slow
+the machine). It prints one JSON report: rounds, bytes and frames sent, and per
+connection the close code, the ``rate_limited`` refusals, the messages accepted and how long
+it stayed open.
 
 A separate process, so that the clients measuring the server's responsiveness do not share an
 event loop (or a CPU's time slice) with the attacker.
@@ -12,6 +16,7 @@ event loop (or a CPU's time slice) with the attacker.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -34,12 +39,15 @@ class FloodReport:
     codes: list[int | None] = field(default_factory=list)
     refusals: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
+    #: Seconds each connection stayed open (a token bucket refills meanwhile).
+    open_for: list[float] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 
 
 async def flood_once(address: str, user: int, blob: bytes, report: FloodReport) -> None:
     """One abusive connection: write ``blob`` over and over, read until the server closes."""
     client = FloodClient(address, origin=f"http://{address}", cookie=f"session={user}")
+    opened = time.monotonic()
     await client.connect()
     stop = asyncio.Event()
     sender = asyncio.create_task(client.flood(blob, stop))
@@ -51,6 +59,7 @@ async def flood_once(address: str, user: int, blob: bytes, report: FloodReport) 
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         client.close()
+    report.open_for.append(time.monotonic() - opened)
     bodies = [json.loads(f.data) for f in frames]
     report.rounds += 1
     report.bytes_sent += client.sent
@@ -63,13 +72,25 @@ async def flood_once(address: str, user: int, blob: bytes, report: FloodReport) 
     )
 
 
-async def flood(address: str, seconds: float, users: list[int]) -> FloodReport:
+async def stdin_closed() -> None:
+    """Return once this process's stdin reaches end of file."""
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def flood(
+    address: str, seconds: float, users: list[int], hold: bool = False, min_bytes: int = 0
+) -> FloodReport:
     report = FloodReport()
     until = time.monotonic() + seconds
+    released = asyncio.ensure_future(stdin_closed()) if hold else None
+
+    def going_on() -> bool:
+        held = released is not None and not released.done()
+        return time.monotonic() < until or held or report.bytes_sent < min_bytes
 
     async def one(user: int) -> None:
         blob = masked_frames([chat("Direct", TEXT, user_name=f"user{user}")] * BURST)
-        while time.monotonic() < until:
+        while going_on():
             await flood_once(address, user, blob, report)
 
     await asyncio.gather(*(one(user) for user in users))
@@ -77,8 +98,14 @@ async def flood(address: str, seconds: float, users: list[int]) -> FloodReport:
 
 
 def main(argv: list[str]) -> None:
-    address, seconds, *users = argv
-    report = asyncio.run(flood(address, float(seconds), [int(u) for u in users]))
+    parser = argparse.ArgumentParser(prog="python -m tests.support.flooder")
+    parser.add_argument("--hold", action="store_true", help="also flood until stdin closes")
+    parser.add_argument("--min-bytes", type=int, default=0, help="also flood until N bytes")
+    parser.add_argument("address")
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("users", type=int, nargs="+")
+    args = parser.parse_args(argv)
+    report = asyncio.run(flood(args.address, args.seconds, args.users, args.hold, args.min_bytes))
     print(json.dumps(asdict(report)))
 
 

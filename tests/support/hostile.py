@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -119,13 +118,34 @@ async def debug(address: str) -> dict[str, Any]:
         return body
 
 
-def p95(samples: list[float]) -> float:
-    """95th percentile (inclusive method: exact on small samples)."""
-    if len(samples) < 2:
-        return samples[0]
-    return statistics.quantiles(samples, n=20, method="inclusive")[-1]
-
-
 def chat(kind: str, text: str, **fields: Any) -> str:
     """One inbound chat-protocol message, as JSON text."""
     return json.dumps({"type": kind, "text": text, **fields})
+
+
+def malformed_frames() -> list[tuple[str | bytes, str]]:
+    """A thousand hostile frames, each worth exactly one error frame."""
+    kinds: list[Callable[[int], tuple[str | bytes, str]]] = [
+        lambda i: ("{" * (i % 7 + 1), "invalid_json"),
+        lambda i: (f'{{"type": "Group", "text": "t{i}"', "invalid_json"),
+        lambda i: ("'" + "x" * i + "'", "invalid_json"),
+        lambda i: (bytes([0xC0 + i % 64, 0x20]) + b"{}", "invalid_utf8"),
+        lambda i: (b"\xff" * (i % 5 + 1), "invalid_utf8"),
+        lambda i: (json.dumps([i, "Group"]), "invalid_message"),
+        lambda i: (json.dumps({"type": f"T{i}", "text": "x"}), "invalid_message"),
+        lambda i: (json.dumps({"type": "Group", "text": i, "group": "boys"}), "invalid_message"),
+        lambda i: (
+            json.dumps({"type": "Direct", "text": "x", "user_name": [i]}),
+            "invalid_message",
+        ),
+        lambda i: (
+            json.dumps({"type": "Group", "text": {"x": i}, "group": "boys"}),
+            "invalid_message",
+        ),
+        lambda i: ('{"type": "BroadCast", "text": 1e400}', "invalid_message"),
+        lambda i: ('{"type": "BroadCast", "text": ' + "1" * 5000 + "}", "invalid_message"),
+        lambda i: ("[" * 100_000 + "]" * 100_000, "invalid_message"),
+        lambda i: ('{"a":' * 1000 + "1" + "}" * 1000, "invalid_message"),
+        lambda i: (json.dumps({"type": "BroadCast", "text": "x" * (4097 + i)}), "text_too_long"),
+    ]
+    return [kinds[i % len(kinds)](i) for i in range(1000)]

@@ -11,8 +11,8 @@ environment so each test can shape it:
 
 Endpoints: ``/ws`` is a ``MessagingView`` with the library's default limits; ``/ws-unlimited``
 is the same view without its own frame limit, so only the server's ``ws_max_size`` applies;
-``GET /debug`` answers the registry's counters, the number of asyncio tasks, the sockets the
-middleware watches and the process id, so a test can see leaks from outside. The cookie
+``GET /debug`` answers the registry's counters, the number of asyncio tasks and the process
+id, so a test can see leaks from outside. The cookie
 ``session=<N>`` logs in user ``N`` (any positive integer; signing is tested elsewhere).
 """
 
@@ -127,7 +127,6 @@ async def http(scope: Scope, receive: Receive, send: Send) -> None:
         "slow_closed": stats.slow_closed,
         "deliveries": stats.deliveries,
         "tasks": len(asyncio.all_tasks()),
-        "watched": len(middleware._live),
         "backend": stats.backend,
     }
     await respond(send, 200, body)

@@ -35,7 +35,7 @@ class RawClient:
         if self.cookie:
             request.headers["Cookie"] = self.cookie
         self.protocol.send_request(request)
-        await self._flush()
+        await self.flush()
         while True:
             await self._read_some()
             if any(isinstance(e, Response) for e in self._events()):
@@ -70,10 +70,11 @@ class RawClient:
             self.protocol.receive_eof()
             return False
         self.protocol.receive_data(data)
-        await self._flush()
+        await self.flush()
         return True
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Write out what the protocol has to send (e.g. after ``protocol.send_frame``)."""
         assert self.sock is not None
         for chunk in self.protocol.data_to_send():
             if chunk:

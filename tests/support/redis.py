@@ -1,12 +1,8 @@
 """A real redis-server for the Redis backend's tests, and a TCP proxy that can go silent.
 
-Use the fixtures by binding them in a test module (no conftest needed)::
-
-    from tests.support import redis as redis_support
-
-    redis_server = redis_support.redis_server
-    redis_url = redis_support.redis_url
-    prefix = redis_support.prefix
+The fixtures ``redis_server``, ``redis_url``, ``prefix`` and ``make`` are made available to
+every test module by ``tests/conftest.py``; ``registries`` builds other ``make`` fixtures
+(e.g. one on a TLS server).
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +38,12 @@ FAST: dict[str, Any] = {
     "reconnect_backoff": (0.02, 0.3),
     "presence_ttl": 3.0,
 }
+
+#: Timings far longer than any test waits (``GUARD``): a test that must see a failure *without*
+#: a timeout expiring uses these, so finishing within ``GUARD`` proves it, on any machine.
+PATIENT: dict[str, Any] = {**FAST, "socket_timeout": 600.0, "connect_timeout": 600.0}
+#: How long a test waits for something that must not need a timeout: a hang guard only.
+GUARD = 60.0
 
 MakeRegistry = Callable[..., Awaitable["Registry"]]
 
@@ -187,6 +189,36 @@ def redis_url(redis_server: RedisServer) -> str:
 def prefix() -> str:
     """A key/channel prefix no other test uses."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+@contextlib.asynccontextmanager
+async def registries(url: str, **defaults: Any) -> AsyncIterator[MakeRegistry]:
+    """A ``make(url=None, **options)`` that starts registries on ``url`` (or another URL) with
+    ``defaults`` under the test's options; every registry it made is closed on exit, newest
+    first."""
+    from asgi_groups import Registry
+
+    made: list[Registry] = []
+
+    async def make(other_url: str | None = None, **options: Any) -> Registry:
+        registry = Registry(other_url or url, **{**defaults, **options})
+        await registry.start()
+        made.append(registry)
+        return registry
+
+    try:
+        yield make
+    finally:
+        for registry in reversed(made):
+            await registry.close()
+
+
+@pytest.fixture
+async def make(redis_url: str, prefix: str) -> AsyncIterator[MakeRegistry]:
+    """Start Redis-backed registries on the test's prefix with ``FAST`` timings; all are closed
+    afterwards. ``await make()``, ``await make(other_url, listen=False)``."""
+    async with registries(redis_url, prefix=prefix, **FAST) as factory:
+        yield factory
 
 
 def child_env(url: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -345,3 +377,12 @@ async def eventually(
         while not check(result := await probe()):  # noqa: ASYNC110 - state in another process
             await asyncio.sleep(0.02)
     return result
+
+
+async def user(registry: Registry, user_id: object) -> tuple[Any, Inbox]:
+    """Connect ``user<user_id>`` to ``registry`` with an ``Inbox``: (connection, inbox)."""
+    from asgi_groups import SimpleUser
+
+    inbox = Inbox()
+    conn = await registry.connect(inbox, SimpleUser(user_id, f"user{user_id}"))
+    return conn, inbox
