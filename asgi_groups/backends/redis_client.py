@@ -1,0 +1,248 @@
+"""Reaching Redis: the backend's settings, its URLs (plain and Sentinel) and its two clients.
+
+One client sends commands through a bounded pool (publish, presence); the other carries the
+listener's pub/sub connection, which never retries on its own: its supervisor reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypedDict
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+__all__ = [
+    "NETWORK_ERRORS",
+    "ClientOptions",
+    "Clients",
+    "RedisOptions",
+    "Timing",
+    "parse_sentinel_url",
+    "safe_url",
+    "settings",
+]
+
+#: What a failed round trip to Redis raises.
+NETWORK_ERRORS = (RedisError, OSError)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every time limit of the Redis backend, in seconds."""
+
+    #: Silence after which the listener's connection is declared dead (it PINGs well before).
+    health_check_interval: float = 5.0
+    #: Lifetime of this process's presence entries; they are rewritten every third of it.
+    presence_ttl: float = 30.0
+    #: (first delay, cap) of the listener's reconnection backoff, with full jitter.
+    reconnect_backoff: tuple[float, float] = (0.1, 5.0)
+    #: Bound on every command, so that a send during an outage fails fast.
+    socket_timeout: float = 5.0
+    #: Bound on every connection attempt.
+    connect_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.health_check_interval <= 0 or self.presence_ttl <= 0:
+            raise ValueError("health_check_interval and presence_ttl must be positive")
+        first, cap = self.reconnect_backoff
+        if first <= 0 or cap < first:
+            raise ValueError("reconnect_backoff is (first delay > 0, cap >= first delay)")
+        if self.socket_timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("timeouts and max_connections must be positive")
+        object.__setattr__(self, "reconnect_backoff", (first, cap))
+
+    @property
+    def attempt_timeout(self) -> float:
+        """Bound on one whole attempt: connect, then a command or two."""
+        return self.connect_timeout + 2 * self.socket_timeout
+
+    @property
+    def ttl_ms(self) -> int:
+        """``presence_ttl`` as Redis' PEXPIRE takes it."""
+        return max(1, int(self.presence_ttl * 1000))
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to open connections to Redis, beyond what the URL says."""
+
+    #: Most connections in the command pool (the listener has one of its own).
+    max_connections: int = 50
+    #: ``(host, port)`` of Redis Sentinels that find the master named ``service_name``.
+    sentinels: Sequence[tuple[str, int]] | None = None
+    #: The master's name as the Sentinels know it (a ``redis+sentinel://`` URL's path says it).
+    service_name: str | None = None
+    #: Options of the connections to the Sentinels themselves, as redis-py takes them.
+    sentinel_options: Mapping[str, Any] | None = None
+    #: Options of every Redis connection (TLS, credentials, …), as redis-py takes them.
+    redis_options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("timeouts and max_connections must be positive")
+
+
+class RedisOptions(TypedDict, total=False):
+    """The settings ``RedisBackend`` also takes one by one, as keywords (``Registry(url, ...)``)."""
+
+    health_check_interval: float
+    presence_ttl: float
+    reconnect_backoff: tuple[float, float]
+    socket_timeout: float
+    connect_timeout: float
+    max_connections: int
+    sentinels: Sequence[tuple[str, int]] | None
+    service_name: str | None
+    sentinel_options: Mapping[str, Any] | None
+    redis_options: Mapping[str, Any] | None
+
+
+_TIMING_FIELDS = frozenset(f.name for f in fields(Timing))
+_CLIENT_FIELDS = frozenset(f.name for f in fields(ClientOptions))
+
+
+def settings(
+    timing: Timing | None, client_options: ClientOptions | None, options: RedisOptions
+) -> tuple[Timing, ClientOptions]:
+    """``timing`` and ``client_options`` with the fields named one by one in ``options``."""
+    given: dict[str, Any] = dict(options)
+    unknown = sorted(set(given) - _TIMING_FIELDS - _CLIENT_FIELDS)
+    if unknown:
+        raise TypeError(f"RedisBackend got unexpected options: {', '.join(unknown)}")
+    timing = replace(timing or Timing(), **{k: given[k] for k in _TIMING_FIELDS & set(given)})
+    client_options = replace(
+        client_options or ClientOptions(), **{k: given[k] for k in _CLIENT_FIELDS & set(given)}
+    )
+    return timing, client_options
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password masked, for logs and error messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+
+
+def parse_sentinel_url(url: str) -> dict[str, Any]:
+    """``redis+sentinel://[user:password@]host:port[,host:port…]/service_name[/db]``."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, "26379"
+        sentinels.append((host.strip("[]"), int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("a redis+sentinel:// URL names the service: redis+sentinel://h:p/mymaster")
+    result: dict[str, Any] = {"sentinels": sentinels, "service_name": unquote(path[0])}
+    if len(path) > 1:
+        result["db"] = int(path[1])
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        if user:
+            result["username"] = unquote(user)
+        if password:
+            result["password"] = unquote(password)
+    for key, value in parse_qsl(parts.query):
+        if key == "db":
+            result["db"] = int(value)
+    return result
+
+
+class Clients:
+    """The command client and the pub/sub client of one backend, opened and closed together.
+
+    A ``redis+sentinel://`` URL is read here: its Sentinels and service name, and its
+    credentials and database as redis-py options (``options`` win over the URL).
+    """
+
+    def __init__(self, url: str, options: ClientOptions, timing: Timing, name: str) -> None:
+        self.url = url
+        self.timing = timing
+        self.name = name
+        self.max_connections = options.max_connections
+        self.redis_options = dict(options.redis_options or {})
+        self.sentinel_options = dict(options.sentinel_options or {})
+        self.sentinels: list[tuple[str, int]] | None = None
+        self.service_name = options.service_name
+        if urlsplit(url).scheme == "redis+sentinel":
+            parsed = parse_sentinel_url(url)
+            self.sentinels = parsed.pop("sentinels")
+            self.service_name = options.service_name or parsed.pop("service_name")
+            parsed.pop("service_name", None)
+            for key, value in parsed.items():
+                self.redis_options.setdefault(key, value)
+        if options.sentinels is not None:
+            self.sentinels = [(str(h), int(p)) for h, p in options.sentinels]
+        if self.sentinels is not None and not self.service_name:
+            raise ValueError("Redis Sentinel needs service_name (the monitored master's name)")
+        #: Commands through a bounded pool; the listener's pub/sub connection.
+        self.commands: Redis | None = None
+        self.pubsub: Redis | None = None
+        self._sentinel: Sentinel | None = None
+
+    def open_commands(self) -> Redis:
+        self.commands = self._make(pubsub=False)
+        return self.commands
+
+    def open_pubsub(self) -> Redis:
+        self.pubsub = self._make(pubsub=True)
+        return self.pubsub
+
+    def _make(self, *, pubsub: bool) -> Redis:
+        timing = self.timing
+        options: dict[str, Any] = dict(self.redis_options)
+        options.setdefault("client_name", self.name)
+        options["socket_timeout"] = timing.socket_timeout
+        options["socket_connect_timeout"] = timing.connect_timeout
+        if pubsub:
+            # the listener's connection never retries on its own: its supervisor reconnects
+            # and re-subscribes; liveness is checked with our own PINGs
+            options["retry"] = Retry(NoBackoff(), 0)
+        else:
+            # one immediate retry on a broken pooled connection (e.g. after a Redis restart),
+            # none on timeouts (the command may have run)
+            options["retry"] = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+            options["health_check_interval"] = timing.health_check_interval
+        if self.sentinels is not None:
+            if self._sentinel is None:
+                sentinel_options = dict(self.sentinel_options)
+                sentinel_options.setdefault("socket_timeout", timing.socket_timeout)
+                sentinel_options.setdefault("socket_connect_timeout", timing.connect_timeout)
+                self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                    self.sentinels, sentinel_kwargs=sentinel_options
+                )
+            assert self.service_name is not None
+            master: Redis = self._sentinel.master_for(self.service_name, **options)
+            return master
+        if pubsub:
+            return Redis.from_url(self.url, **options)
+        pool = BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=timing.socket_timeout, **options
+        )
+        return Redis.from_pool(pool)
+
+    async def aclose(self) -> None:
+        for client in (self.pubsub, self.commands):
+            if client is not None:
+                with contextlib.suppress(*NETWORK_ERRORS):
+                    await client.aclose()
+        if self._sentinel is not None:
+            for sentinel in self._sentinel.sentinels:
+                with contextlib.suppress(*NETWORK_ERRORS):
+                    await sentinel.aclose()
+        self.pubsub = self.commands = None
+        self._sentinel = None

@@ -1,0 +1,168 @@
+"""What the Redis backend puts on the wire: channel and key names, and the envelopes.
+
+A frame travels in a binary envelope, its payload exactly as the sender encoded it once::
+
+    byte 0      version (1)
+    byte 1      flags: bit 0 set = binary frame, else UTF-8 text; other bits reserved (0)
+    byte 2      n = length of the exclude connection id (0 = none)
+    3 .. 3+n    exclude id (UTF-8)
+    3+n ..      payload
+
+Control operations and presence events travel as the version byte followed by compact JSON.
+A listener skips (and counts) anything of another version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..frames import Frame
+from .base import PresenceEvent
+
+__all__ = [
+    "CONTROL",
+    "DEFAULT_PREFIX",
+    "ENVELOPE_VERSION",
+    "PRESENCE",
+    "EnvelopeError",
+    "Names",
+    "pack_control",
+    "pack_frame",
+    "pack_json",
+    "unpack_control",
+    "unpack_frame",
+    "unpack_json",
+    "unpack_presence_event",
+]
+
+DEFAULT_PREFIX = "asgi_groups"
+
+#: First byte of every message this backend publishes; a listener skips other versions.
+ENVELOPE_VERSION = 1
+FLAG_BINARY = 0x01
+#: Longest ``exclude`` connection id an envelope carries (ids are 32 hex characters).
+MAX_EXCLUDE_ID = 255
+
+#: Internal channel names; the core's channels are ``g:…``, ``u:…`` and ``*``, so never these.
+CONTROL = "control"
+PRESENCE = "presence"
+
+
+class EnvelopeError(ValueError):
+    """A message on the wire is not an envelope this version understands."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every Redis channel and key of one process under ``prefix``."""
+
+    prefix: str
+    process_id: str
+    key_prefix: str = field(init=False)
+    #: The Redis channels of control operations and presence events, as the listener sees them.
+    control_key: bytes = field(init=False)
+    presence_channel: bytes = field(init=False)
+    #: The set of process ids that wrote presence entries.
+    processes_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c.isspace() for c in self.prefix):
+            raise ValueError("prefix must be a non-empty string without spaces")
+        key_prefix = self.prefix + ":"
+        object.__setattr__(self, "key_prefix", key_prefix)
+        object.__setattr__(self, "control_key", (key_prefix + CONTROL).encode())
+        object.__setattr__(self, "presence_channel", (key_prefix + PRESENCE).encode())
+        object.__setattr__(self, "processes_key", key_prefix + "processes")
+
+    def channel_key(self, channel: str) -> str:
+        """The Redis channel of a core channel (``g:boys`` → ``asgi_groups:g:boys``)."""
+        return self.key_prefix + channel
+
+    def core_channel(self, key: bytes) -> str:
+        """The core channel of a Redis channel this process subscribed to."""
+        return key[len(self.key_prefix) :].decode()
+
+    def presence_key(self, group: str, process_id: str | None = None) -> str:
+        """The hash ``{user_id: connections}`` one process keeps for ``group``."""
+        return f"{self.prefix}:presence:{group}:{process_id or self.process_id}"
+
+    def process_key(self, process_id: str | None = None) -> str:
+        """The key that says a process is alive (it expires with the process)."""
+        return f"{self.prefix}:process:{process_id or self.process_id}"
+
+    def client_name(self) -> str:
+        """``CLIENT SETNAME`` of this process's connections (printable ASCII only)."""
+        name = f"{self.prefix}:{self.process_id}"
+        return "".join(c if 32 < ord(c) < 127 else "_" for c in name)
+
+
+def pack_frame(frame: Frame, exclude: str | None) -> bytes:
+    """Encode ``frame`` (and the connection id to skip) into one envelope."""
+    excluded = exclude.encode() if exclude else b""
+    if len(excluded) > MAX_EXCLUDE_ID:
+        raise ValueError(f"exclude ids are at most {MAX_EXCLUDE_ID} bytes")
+    text: str | None = frame.event.get("text")
+    if text is not None:
+        header = bytes((ENVELOPE_VERSION, 0, len(excluded)))
+        return header + excluded + text.encode("utf-8", "surrogatepass")
+    header = bytes((ENVELOPE_VERSION, FLAG_BINARY, len(excluded)))
+    return header + excluded + bytes(frame.event["bytes"])
+
+
+def unpack_frame(data: bytes) -> tuple[Frame, str | None]:
+    """Decode an envelope into ONE frame shared by every local recipient, and the exclude id."""
+    if len(data) < 3 or data[0] != ENVELOPE_VERSION:
+        version = data[0] if data else None
+        raise EnvelopeError(f"unknown envelope version {version!r}")
+    flags = data[1]
+    if flags & ~FLAG_BINARY:
+        raise EnvelopeError(f"unknown envelope flags {flags:#04x}")
+    end = 3 + data[2]
+    exclude = data[3:end].decode("utf-8", "replace") or None
+    payload = data[end:]
+    if flags & FLAG_BINARY:
+        return Frame.binary(payload), exclude
+    text = payload.decode("utf-8", "surrogatepass")
+    return Frame({"type": "websocket.send", "text": text}, len(payload)), exclude
+
+
+def pack_json(obj: object) -> bytes:
+    """The version byte, then ``obj`` as compact JSON."""
+    return bytes((ENVELOPE_VERSION,)) + json.dumps(obj, separators=(",", ":")).encode()
+
+
+def unpack_json(data: bytes) -> Any:
+    if not data or data[0] != ENVELOPE_VERSION:
+        raise EnvelopeError(f"unknown envelope version {data[0] if data else None!r}")
+    return json.loads(data[1:])
+
+
+def pack_control(op: str, args: dict[str, Any]) -> bytes:
+    return pack_json({"op": op, "args": args})
+
+
+def unpack_control(data: bytes) -> tuple[str, dict[str, Any]]:
+    """``(op, args)`` of a control message."""
+    body = unpack_json(data)
+    if not isinstance(body, dict) or not isinstance(body.get("args"), dict):
+        raise EnvelopeError("malformed control message")
+    return str(body.get("op")), body["args"]
+
+
+def unpack_presence_event(data: bytes) -> PresenceEvent:
+    body = unpack_json(data)
+    if (
+        not isinstance(body, dict)
+        or body.get("event") not in ("join", "leave")
+        or not isinstance(body.get("group"), str)
+        or not isinstance(body.get("user_id"), str)
+    ):
+        raise EnvelopeError("malformed presence event")
+    return {
+        "type": "presence",
+        "group": body["group"],
+        "user_id": body["user_id"],
+        "event": body["event"],
+    }
