@@ -148,7 +148,15 @@ class Connection:
             return NOT_OPEN
         queue = self._queue
         if self._writer is None and not queue and self.limits.coalesce == 1:
-            return self._write_now(frame.event)
+            try:  # idle: write in place, the common case (see eager.py)
+                rest = eager.start(self._send(frame.event))
+            except Exception as exc:  # the client went away
+                logger.debug("connection %s: send failed: %r", self.id, exc)
+                self._gone()
+                return FAILED
+            if rest is not None:
+                self._writer = self._loop.create_task(self._drain(rest))
+            return DELIVERED
         dropped = DELIVERED
         if queue is None:
             queue = self._queue = deque()
@@ -227,18 +235,6 @@ class Connection:
         callback, self._on_closed = self._on_closed, None
         if callback is not None:
             callback(self)
-
-    def _write_now(self, event: dict[str, Any]) -> int:
-        """Send ``event`` in place; a writer task finishes the send if it has to wait."""
-        try:
-            rest = eager.start(self._send(event))
-        except Exception as exc:  # the client went away
-            logger.debug("connection %s: send failed: %r", self.id, exc)
-            self._gone()
-            return FAILED
-        if rest is not None:
-            self._writer = self._loop.create_task(self._drain(rest))
-        return DELIVERED
 
     def _make_room(self, queue: deque[Frame], size: int) -> int:
         """Apply the overflow policy: the number of frames dropped, or ``OVERFLOWED``."""

@@ -18,18 +18,22 @@ The contract of :func:`start`:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any
 
 __all__ = ["Resumed", "start"]
 
+_DONE = object()
+
 
 def start(awaitable: Awaitable[Any]) -> Awaitable[Any] | None:
     """Run ``awaitable`` up to its first wait; ``None`` if it finished, else what to await."""
-    if not isinstance(awaitable, Coroutine):
+    if type(awaitable) is not CoroutineType and not isinstance(awaitable, Coroutine):
         return awaitable
-    try:
-        waiting = awaitable.send(None)
-    except StopIteration:
+    # next() with a default: a coroutine that returns None ends without a StopIteration
+    # being raised and caught, which is most of the cost of a step taken with send(None)
+    waiting = next(awaitable.__await__(), _DONE)
+    if waiting is _DONE:
         return None
     return Resumed(awaitable, waiting)
 
