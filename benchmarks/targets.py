@@ -73,6 +73,14 @@ def burst_targets(results: Results, n: int) -> list[Target]:
             le=True,
         ),
         _ratio(
+            f"burst N={n}: asgi_groups server CPU/delivery vs raw ASGI send loop",
+            "≤ 1.05x",
+            _burst(results, "asgi_groups", n, "server_us"),
+            _burst(results, "raw-asgi", n, "server_us"),
+            1.05,
+            le=True,
+        ),
+        _ratio(
             f"burst N={n}: asgi_groups deliveries/s vs no-ASGI limit",
             "≥ 0.85x",
             _burst(results, "asgi_groups", n, "deliveries_per_s"),
