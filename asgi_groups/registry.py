@@ -293,7 +293,7 @@ class Registry:
         await self.backend.publish(channel, frame, exclude_id)
         self._messages_sent += 1
 
-    def deliver(self, channel: str, frame: Frame, exclude: str | None) -> int:
+    def _deliver_local(self, channel: str, frame: Frame, exclude: str | None) -> int:
         """Queue ``frame`` for every local recipient of ``channel``; returns how many took it.
 
         Connections that closed while taking it (slow reader, broken transport) leave the
@@ -343,7 +343,7 @@ class Registry:
         group_channel(group)
         await self.backend.control("leave_user", {"user_id": user_key(user_id), "group": group})
 
-    def control(self, op: str, args: dict[str, Any]) -> None:
+    def _apply_control(self, op: str, args: dict[str, Any]) -> None:
         """Apply a remote-control operation from any process to this process's connections."""
         conns = list(self.router.user(args.get("user_id")))
         if op == "disconnect_user":
@@ -386,7 +386,7 @@ class Registry:
 
         return remove
 
-    def presence_event(self, event: PresenceEvent) -> None:
+    def _presence_event(self, event: PresenceEvent) -> None:
         """Run the presence callbacks soon (never inside the membership change that caused it)."""
         if not self._presence_callbacks:
             return
@@ -444,8 +444,8 @@ class _Local:
     __slots__ = ("control", "deliver", "presence", "presence_event", "presence_snapshot")
 
     def __init__(self, registry: Registry) -> None:
-        self.deliver = registry.deliver
-        self.control = registry.control
-        self.presence_event = registry.presence_event
+        self.deliver = registry._deliver_local
+        self.control = registry._apply_control
+        self.presence_event = registry._presence_event
         self.presence = registry.router.presence
         self.presence_snapshot = registry.router.presence_snapshot
