@@ -59,8 +59,9 @@ async def test_cancelling_the_task_cancels_the_send() -> None:
 
     rest = eager.start(send())
     assert rest is not None
-    task = asyncio.get_running_loop().create_task(_await(rest))
-    await asyncio.sleep(0)
+    started = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(_await(rest, started))
+    await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -72,5 +73,7 @@ async def test_a_future_is_returned_as_it_is() -> None:
     assert eager.start(future) is future
 
 
-async def _await(awaitable: Any) -> Any:
+async def _await(awaitable: Any, started: asyncio.Event | None = None) -> Any:
+    if started is not None:
+        started.set()
     return await awaitable

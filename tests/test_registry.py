@@ -163,7 +163,6 @@ async def test_slow_reader_is_closed_with_1013_and_others_get_everything() -> No
             await reg.join(conn, "room")
         for i in range(50):
             await reg.send_group("room", f"m{i}")
-            await asyncio.sleep(0)
         await drained(fast)
         assert fast_out.texts == [f"m{i}" for i in range(50)]
         assert not slow.is_open
@@ -179,8 +178,7 @@ async def test_drop_oldest_keeps_the_newest() -> None:
     async with Registry(limits=limits) as reg:
         conn, out = await tab(reg, 1)
         out.gate.clear()
-        await reg.send_user(1, "first")
-        await asyncio.sleep(0)  # writer now blocked on "first"
+        await reg.send_user(1, "first")  # written in place: it waits inside the client's send
         for i in range(10):
             await reg.send_user(1, str(i))
         out.gate.set()
