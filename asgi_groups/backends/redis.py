@@ -169,6 +169,7 @@ class RedisBackend(Backend):
             with contextlib.suppress(*NETWORK_ERRORS, TimeoutError):
                 async with asyncio.timeout(self.timing.socket_timeout):
                     await self._presence.flush()  # leave events of the sockets just closed
+        self._presence.active = False  # later changes would start a writer nobody cancels
         self._listener.closing = True
         unsubscriber = self._subscriptions.unsubscriber
         tasks = [
@@ -190,7 +191,6 @@ class RedisBackend(Backend):
                     await self._presence.delete()
         await self._clients.aclose()
         self._started = False
-        self._presence.active = False
         self._state.down = True
         self._subscriptions.clear()
         self._presence.reset()

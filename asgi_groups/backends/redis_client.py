@@ -56,7 +56,7 @@ class Timing:
         if first <= 0 or cap < first:
             raise ValueError("reconnect_backoff is (first delay > 0, cap >= first delay)")
         if self.socket_timeout <= 0 or self.connect_timeout <= 0:
-            raise ValueError("timeouts and max_connections must be positive")
+            raise ValueError("socket_timeout and connect_timeout must be positive")
         object.__setattr__(self, "reconnect_backoff", (first, cap))
 
     @property
@@ -87,7 +87,7 @@ class ClientOptions:
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
-            raise ValueError("timeouts and max_connections must be positive")
+            raise ValueError("max_connections must be at least 1")
 
 
 class RedisOptions(TypedDict, total=False):
