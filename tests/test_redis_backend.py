@@ -78,6 +78,8 @@ def test_urls_and_options() -> None:
         "db": 2,
         "password": "pw",
     }
+    ipv6 = parse_sentinel_url("redis+sentinel://[::1],[fe80::2]:26380,c/svc")
+    assert ipv6["sentinels"] == [("::1", 26379), ("fe80::2", 26380), ("c", 26379)]
     backend = RedisBackend("redis+sentinel://a:1/svc")
     assert backend.sentinels == [("a", 1)] and backend.service_name == "svc"
     with pytest.raises(ValueError):

@@ -140,10 +140,15 @@ def parse_sentinel_url(url: str) -> dict[str, Any]:
     userinfo, _, hosts = parts.netloc.rpartition("@")
     sentinels: list[tuple[str, int]] = []
     for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host:
-            host, port = port, "26379"
-        sentinels.append((host.strip("[]"), int(port or 26379)))
+        item = item.strip()
+        if item.startswith("["):  # an IPv6 address: [::1] or [::1]:26379
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = item.rpartition(":")
+            if not host:
+                host, port = port, ""
+        sentinels.append((host, int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError("a redis+sentinel:// URL names the service: redis+sentinel://h:p/mymaster")
