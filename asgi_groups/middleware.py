@@ -8,7 +8,6 @@ as Starlette's own middlewares do: no copy per socket). HTTP and lifespan pass t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from . import codes
 from .origin import OriginPolicy
 from .registry import Registry
 from .request import Headers, Request
+from .revalidation import CONNECTION_KEY, Revalidator, Watched
 from .types import ASGIApp, Receive, Scope, Send, Session, SessionCodec, UserLike, UserLoader
 from .users import ANONYMOUS
 
@@ -25,12 +25,25 @@ __all__ = ["CONNECTION_KEY", "REGISTRY_KEY", "GroupsMiddleware", "reject"]
 logger = logging.getLogger("asgi_groups.middleware")
 
 REGISTRY_KEY = "asgi_groups.registry"
-CONNECTION_KEY = "asgi_groups.connection"
+
+
+class _Admitted:
+    """A socket let in that the revalidator need not watch."""
+
+    __slots__ = ()
+
+
+ADMITTED = _Admitted()
 
 
 async def reject(scope: Scope, send: Send, status: int, detail: str) -> None:
-    """Refuse a handshake: an HTTP response where the server supports it, else a plain 403."""
-    if "websocket.http.response" in scope.get("extensions", {}) or {}:
+    """Refuse a handshake: an HTTP response where the server supports it, else a plain 403.
+
+    The one refusal path of the library, views and adapters alike: a client sees HTTP
+    ``status`` (with ``detail`` as the body), or, on a server without the
+    ``websocket.http.response`` extension, a close before accept, which servers answer with 403.
+    """
+    if "websocket.http.response" in (scope.get("extensions") or {}):
         body = detail.encode()
         await send(
             {
@@ -44,27 +57,17 @@ async def reject(scope: Scope, send: Send, status: int, detail: str) -> None:
         await send({"type": "websocket.close", "code": codes.POLICY_VIOLATION})
 
 
-class _Live:
-    """A socket the revalidator watches."""
-
-    __slots__ = ("codec", "cookie", "scope", "user_id")
-
-    def __init__(self, scope: Scope, codec: SessionCodec | None, cookie: str | None, user_id: Any):
-        self.scope = scope
-        self.codec = codec
-        self.cookie = cookie
-        self.user_id = user_id
-
-
 class GroupsMiddleware:
     """Authenticate WebSocket handshakes from the host app's own session cookie.
 
     ``sessions``: one codec or several tried in order (e.g. ``StarletteSessionCookie(secret)``);
     if ``scope["session"]`` is already set (Starlette's ``SessionMiddleware`` ran first) it is used.
-    ``users``: an object with ``async load(session)`` or an async callable ``(session) -> user``.
+    ``users``: an object with ``async load(session)`` or an async callable ``(session) -> user``;
+    without one, a ``scope["user"]`` set by an outer middleware (e.g. Starlette's
+    ``AuthenticationMiddleware``) is kept, else the user is anonymous.
     ``allowed_origins``: see :class:`~asgi_groups.origin.OriginPolicy` (default: same origin).
-    ``revalidate_every``: seconds between re-checks of open sockets' sessions and users; a socket
-    whose cookie expired or whose user is gone or inactive is closed with 4401.
+    ``revalidate_every``: seconds between re-checks of open sockets' sessions and users (needs
+    ``users``); a socket whose cookie expired or whose user is gone or inactive is closed with 4401.
     """
 
     def __init__(
@@ -89,8 +92,9 @@ class GroupsMiddleware:
         self._load = self._loader(users)
         self.origins = OriginPolicy(allowed_origins, allow_missing=allow_missing_origin)
         self.revalidate_every = revalidate_every
-        self._live: dict[int, _Live] = {}
-        self._revalidator: asyncio.Task[None] | None = None
+        self.revalidator: Revalidator | None = None
+        if revalidate_every is not None and self._load is not None:
+            self.revalidator = Revalidator(revalidate_every, self._user)
         self._start_lock: asyncio.Lock | None = None
 
     @staticmethod
@@ -105,35 +109,29 @@ class GroupsMiddleware:
         raise TypeError("users must have an async load(session) method or be an async callable")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A coroutine function, as servers check (hypercorn on Python 3.11 takes anything else
+        # for WSGI). While a socket is open it is this one small frame: what the handshake
+        # parsed lives in ``_handshake``'s, which is gone by then.
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
-        admitted = await self._admit(scope, send)
-        if admitted is None:
+        watched = await self._handshake(scope, send)
+        if watched is None:
             return
-        user, codec, cookie = admitted
-        if self.revalidate_every is None or not user.is_authenticated:
+        if isinstance(watched, Watched):
+            assert self.revalidator is not None
+            await self.revalidator.serve(watched, self.app, scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        key = id(scope)
-        self._live[key] = _Live(scope, codec, cookie, user.id)
-        self._ensure_revalidator()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self._live.pop(key, None)
 
-    async def _admit(
-        self, scope: Scope, send: Send
-    ) -> tuple[UserLike, SessionCodec | None, str | None] | None:
-        """Check the Origin and resolve the user, setting ``session``, ``user`` and the
-        registry in ``scope`` (in place, as Starlette's middlewares do); None when refused.
+    async def _handshake(self, scope: Scope, send: Send) -> Watched | _Admitted | None:
+        """Check the Origin, find the session and load its user, and admit the socket.
 
-        A method of its own so that nothing it parses stays alive while the socket is open.
+        None when refused; else what the revalidator is to watch (``ADMITTED``: nothing).
         """
         headers = Headers(scope.get("headers", ()))
-        scheme = str(scope.get("scheme", "ws"))
         origin = headers.get("origin")
+        scheme = str(scope.get("scheme", "ws"))
         if not self.origins.allows(origin, host=headers.get("host"), scheme=scheme):
             logger.warning("refused websocket from origin %r to %s", origin, scope.get("path"))
             await reject(scope, send, 403, "Forbidden: origin not allowed")
@@ -146,10 +144,18 @@ class GroupsMiddleware:
             await reject(scope, send, 503, "Service unavailable: cannot load the user")
             return None
         await self._ensure_started()
+        self._admit(scope, session, user)
+        if self.revalidator is None or not user.is_authenticated:
+            return ADMITTED
+        return Watched(scope, codec, cookie, user.id)
+
+    def _admit(self, scope: Scope, session: Session, user: UserLike) -> None:
+        """Hand the app what the handshake found, in ``scope`` (in place, as Starlette's
+        middlewares do). A user an outer middleware set is kept when there is no loader."""
         scope["session"] = session
-        scope["user"] = user
+        if self._load is not None or scope.get("user") is None:
+            scope["user"] = user
         scope[REGISTRY_KEY] = self.registry
-        return user, codec, cookie
 
     def _session(
         self, scope: Scope, headers: Headers
@@ -184,40 +190,6 @@ class GroupsMiddleware:
             if not self.registry.started:
                 await self.registry.start()
 
-    # -- revalidation ------------------------------------------------------------------------
-
-    def _ensure_revalidator(self) -> None:
-        if self._revalidator is None or self._revalidator.done():
-            self._revalidator = asyncio.get_running_loop().create_task(self._revalidate_loop())
-
-    async def _revalidate_loop(self) -> None:
-        assert self.revalidate_every is not None
-        while self._live:
-            await asyncio.sleep(self.revalidate_every)
-            with contextlib.suppress(Exception):
-                await self.revalidate()
-
     async def revalidate(self) -> int:
         """Re-check every watched socket now; returns how many were closed."""
-        closed = 0
-        for live in list(self._live.values()):
-            if await self._still_valid(live):
-                continue
-            conn = live.scope.get(CONNECTION_KEY)
-            if conn is not None and conn.is_open:
-                conn.close(codes.UNAUTHORIZED, "session no longer valid")
-                closed += 1
-        return closed
-
-    async def _still_valid(self, live: _Live) -> bool:
-        session: Session | None = live.scope.get("session")
-        if live.codec is not None and live.cookie is not None:
-            session = live.codec.decode(live.cookie)
-        if not session:
-            return False
-        try:
-            user = await self._user(session)
-        except Exception:
-            logger.exception("user loader failed during revalidation; keeping the socket")
-            return True
-        return user.is_authenticated and user.id == live.user_id
+        return 0 if self.revalidator is None else await self.revalidator.revalidate()
