@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -101,30 +100,45 @@ def _unquote(value: str) -> str:
 
 
 class Request:
-    """What a view knows about the socket's opening handshake."""
+    """What a view knows about the socket's opening handshake.
+
+    Small while a socket is idle: only the scope is kept; headers, cookies and the query are
+    parsed on first use and cached.
+    """
+
+    __slots__ = ("_cookies", "_headers", "_query", "scope")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
+        self._headers: Headers | None = None
+        self._cookies: dict[str, str] | None = None
+        self._query: QueryParams | None = None
 
     @property
     def path(self) -> str:
         return str(self.scope.get("path", "/"))
 
-    @cached_property
+    @property
     def headers(self) -> Headers:
-        return Headers(self.scope.get("headers", ()))
+        if self._headers is None:
+            self._headers = Headers(self.scope.get("headers", ()))
+        return self._headers
 
-    @cached_property
+    @property
     def cookies(self) -> dict[str, str]:
-        cookies: dict[str, str] = {}
-        for header in self.headers.getlist("cookie"):
-            for name, value in parse_cookies(header).items():
-                cookies.setdefault(name, value)
-        return cookies
+        if self._cookies is None:
+            cookies: dict[str, str] = {}
+            for header in self.headers.getlist("cookie"):
+                for name, value in parse_cookies(header).items():
+                    cookies.setdefault(name, value)
+            self._cookies = cookies
+        return self._cookies
 
-    @cached_property
+    @property
     def query(self) -> QueryParams:
-        return QueryParams(self.scope.get("query_string", b""))
+        if self._query is None:
+            self._query = QueryParams(self.scope.get("query_string", b""))
+        return self._query
 
     @property
     def client(self) -> tuple[str, int] | None:
@@ -138,8 +152,10 @@ class Request:
 
     @property
     def user(self) -> UserLike:
+        """The scope's user; anonymous when none, or when it lacks what the core needs
+        (``id``, ``username``, ``is_authenticated``, ``groups``): refused rather than crashed."""
         user = self.scope.get("user")
-        return user if user is not None else ANONYMOUS
+        return user if user is not None and isinstance(user, UserLike) else ANONYMOUS
 
     @property
     def subprotocols(self) -> list[str]:

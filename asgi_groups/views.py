@@ -6,10 +6,13 @@ exception; by then the connection has left every group and its writer has stoppe
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
+
+from asgiref.sync import markcoroutinefunction
 
 from . import codes
 from .connection import Connection
@@ -20,11 +23,23 @@ from .registry import Registry
 from .request import Request
 from .types import ASGIApp, Message, Receive, Scope, Send, UserLike
 
-__all__ = ["WsView"]
+__all__ = ["WsView", "groups_to_join"]
 
 logger = logging.getLogger("asgi_groups.views")
 
 GroupsSpec = Iterable[str] | Callable[[UserLike], Iterable[str]]
+
+_NOTHING: Any = MappingProxyType({})
+"""Read-only and shared: what ``options`` and ``kwargs`` are until a view has its own."""
+
+
+def groups_to_join(user: UserLike, groups: Iterable[str], *, user_groups: bool = True) -> list[str]:
+    """``groups`` plus, when ``user_groups`` and the user is logged in, the user's own groups,
+    without repeats: what ``WsView`` and every adapter's ``joined`` join on accept."""
+    names = list(groups)
+    if user_groups and user.is_authenticated:
+        names.extend(user.groups)
+    return list(dict.fromkeys(names))
 
 
 class WsView:
@@ -44,17 +59,21 @@ class WsView:
     accepts: ClassVar[Literal["text", "bytes", "any"]] = "any"
     max_message_size: ClassVar[int] = DEFAULT_MAX_INBOUND_SIZE
 
+    # Per-socket state starts as these class-level defaults, so an idle socket's view holds
+    # only what differs from them.
+    kwargs: Message = _NOTHING
+    connection: Connection | None = None
+    close_code: int | None = None
+    accepted: bool = False
+    _send: Send | None = None
+    _rejected: bool = False
+    _attachment: AbstractAsyncContextManager[Connection] | None = None
+
     def __init__(self, request: Request, registry: Registry | None = None, **options: Any):
         self.request = request
         self.scope = request.scope
         self.registry: Registry = registry or request.scope.get(REGISTRY_KEY)  # type: ignore[assignment]
-        self.options = options
-        self.kwargs: Message = {}
-        self.connection: Connection | None = None
-        self.close_code: int | None = None
-        self.accepted = False
-        self._send: Send | None = None
-        self._rejected = False
+        self.options: dict[str, Any] = options or _NOTHING
 
     # -- ASGI entry --------------------------------------------------------------------------
 
@@ -64,11 +83,16 @@ class WsView:
 
         return ViewApp(cls, registry, options)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.dispatch(scope, receive, send)
+    @markcoroutinefunction
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        return self.dispatch(scope, receive, send)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the lifecycle: handshake checks, on_connect, the receive loop, on_disconnect."""
+        """Run the lifecycle: handshake checks, on_connect, the receive loop, on_disconnect.
+
+        One coroutine for the whole life of the socket (the receive loop is inline): an idle
+        socket keeps this frame and nothing else of the view's alive.
+        """
         if scope.get("type") != "websocket":
             raise RuntimeError("WsView serves websocket scopes only")
         self._send = send
@@ -79,70 +103,76 @@ class WsView:
         if self.login_required and not self.request.user.is_authenticated:
             await reject(scope, send, 403, "Forbidden: login required")
             return
-        task = asyncio.current_task()
         try:
-            await self.on_connect(scope, receive, send)
-            if self.accepted and not self._rejected:
-                await self._receive_loop(scope, receive, send)
-        except asyncio.CancelledError:
-            if not (self.connection is not None and self.connection.killed and task is not None):
+            try:
+                await self.on_connect(scope, receive, send)
+                if self.accepted and not self._rejected:
+                    while True:
+                        message = await receive()
+                        kind = message["type"]
+                        if kind == "websocket.receive":
+                            refusal = self._refusal(message)
+                            if refusal is not None:
+                                await self.close(*refusal)
+                            elif self.connection is None or self.connection.is_open:
+                                # (once closing, what is still in flight is ignored)
+                                self.kwargs = message
+                                await self.on_receive(scope, receive, send)
+                        elif kind == "websocket.disconnect":
+                            self.close_code = int(message.get("code", codes.NORMAL))
+                            break
+                        # a stray "websocket.connect" (accepted without waiting for it): ignored
+            except Exception:
+                logger.exception("error in %s; closing with 1011", type(self).__name__)
+                await self._fail()
+        except BaseException as exc:  # cancelled: by the server, or by the library's teardown
+            if not await self._finish(exc, scope, receive, send):
                 raise
-            task.uncancel()
-        except Exception:
-            logger.exception("error in %s; closing with 1011", type(self).__name__)
-            await self._fail()
-        finally:
-            if self.accepted:
-                try:
-                    await self._finish(scope, receive, send)
-                finally:
-                    if self.connection is not None:
-                        self.connection.finish()
+        else:
+            await self._finish(None, scope, receive, send)
 
-    async def _receive_loop(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _refusal(self, message: Message) -> tuple[int, str] | None:
+        """Why an inbound frame closes the socket (close code and reason), or None if it is fine."""
         limit = self.max_message_size
-        accepts = self.accepts
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                text = message.get("text")
-                if text is not None:
-                    if accepts == "bytes":
-                        await self.close(codes.UNSUPPORTED_DATA, "text frames not accepted")
-                        continue
-                    if len(text) > limit or (
-                        len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
-                    ):
-                        await self.close(codes.MESSAGE_TOO_BIG, "message too big")
-                        continue
-                else:
-                    data = message.get("bytes") or b""
-                    if accepts == "text":
-                        await self.close(codes.UNSUPPORTED_DATA, "binary frames not accepted")
-                        continue
-                    if len(data) > limit:
-                        await self.close(codes.MESSAGE_TOO_BIG, "message too big")
-                        continue
-                if self.connection is not None and not self.connection.is_open:
-                    continue  # closing: ignore what is still in flight
-                self.kwargs = message
-                await self.on_receive(scope, receive, send)
-            elif kind == "websocket.disconnect":
-                self.close_code = int(message.get("code", codes.NORMAL))
-                return
-            # a stray "websocket.connect" (we accepted without waiting for it) is ignored
+        text = message.get("text")
+        if text is not None:
+            if self.accepts == "bytes":
+                return codes.UNSUPPORTED_DATA, "text frames not accepted"
+            if len(text) > limit or (
+                len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
+            ):
+                return codes.MESSAGE_TOO_BIG, "message too big"
+            return None
+        if self.accepts == "text":
+            return codes.UNSUPPORTED_DATA, "binary frames not accepted"
+        if len(message.get("bytes") or b"") > limit:
+            return codes.MESSAGE_TOO_BIG, "message too big"
+        return None
 
-    async def _finish(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _finish(
+        self, exc: BaseException | None, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Leave the registry, then run ``on_disconnect`` (once, for an accepted socket).
+
+        True when ``exc`` is the library's own teardown of the socket, which ends it quietly.
+        """
+        if not self.accepted:
+            return False
+        attachment, self._attachment = self._attachment, None
+        quiet = False
+        if attachment is not None:
+            if exc is None:
+                quiet = bool(await attachment.__aexit__(None, None, None))
+            else:
+                quiet = bool(await attachment.__aexit__(type(exc), exc, exc.__traceback__))
         conn = self.connection
-        if conn is not None:
-            if self.close_code is None:
-                self.close_code = conn.close_code
-            conn.finish()
+        if self.close_code is None and conn is not None:
+            self.close_code = conn.close_code
         try:
             await self.on_disconnect(scope, receive, send)
         except Exception:
             logger.exception("error in %s.on_disconnect", type(self).__name__)
+        return quiet
 
     async def _fail(self) -> None:
         if not self.accepted:
@@ -156,6 +186,11 @@ class WsView:
         if self.connection is not None:
             self.connection.abort(codes.INTERNAL_ERROR, "internal error")
             await self.connection.wait_closed()
+        elif self._send is not None:  # accepted, but registering failed
+            try:
+                await self._send({"type": "websocket.close", "code": codes.INTERNAL_ERROR})
+            except Exception:
+                logger.debug("could not close the socket", exc_info=True)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -187,23 +222,18 @@ class WsView:
             message["headers"] = headers
         await self._send(message)
         self.accepted = True
-        user = self.user
-        self.connection = await self.registry.connect(
-            self._send, user if user.is_authenticated else None
-        )
+        attachment = self.registry.attached(self._send, self.user, self.initial_groups())
+        self.connection = await attachment.__aenter__()
+        self._attachment = attachment
         self.scope[CONNECTION_KEY] = self.connection
-        for group in self.initial_groups():
-            if not self.connection.is_open:
-                break  # revoked while an earlier join waited for the backend
-            await self.registry.join(self.connection, group)
 
     def initial_groups(self) -> list[str]:
         """Groups joined on accept: ``groups`` plus, by default, the user's own groups."""
         spec = type(self).groups
-        names = list(spec(self.user) if callable(spec) else spec)
-        if self.join_user_groups and self.user.is_authenticated:
-            names.extend(self.user.groups)
-        return list(dict.fromkeys(names))
+        user = self.user
+        return groups_to_join(
+            user, spec(user) if callable(spec) else spec, user_groups=self.join_user_groups
+        )
 
     def _conn(self) -> Connection:
         if self.connection is None:
@@ -240,7 +270,10 @@ class ViewApp:
     """The ASGI app ``WsView.as_asgi()`` returns: one view instance per socket.
 
     A class instance, not a function, so routers that inspect endpoints (Starlette's
-    ``WebSocketRoute`` treats plain functions as ``websocket`` handlers) serve it as ASGI.
+    ``WebSocketRoute`` treats plain functions as ``websocket`` handlers) serve it as ASGI. Its
+    ``__call__`` hands back the view's coroutine, marked as a coroutine function for servers and
+    routers; hypercorn on Python 3.11 cannot see the mark: behind ``GroupsMiddleware`` (as a
+    view should be) that does not matter, served bare there, name it ``asgi:module:app``.
     """
 
     __slots__ = ("options", "registry", "view")
@@ -250,9 +283,13 @@ class ViewApp:
         self.registry = registry
         self.options = options
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        view = self.view(Request(scope), self.registry, **self.options)
-        await view.dispatch(scope, receive, send)
+    @markcoroutinefunction
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the view's own coroutine: no frame of ours per socket.
+        # Marked so that servers and routers still see an ASGI 3 app.
+        return self.view(Request(scope), self.registry, **self.options).dispatch(
+            scope, receive, send
+        )
 
     def __repr__(self) -> str:
         return f"<ViewApp {self.view.__qualname__}>"
