@@ -17,22 +17,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, WebSocket, WebSocketException
+from fastapi import Depends, WebSocket
 from fastapi.requests import HTTPConnection
 
-from asgi_groups import codes
 from asgi_groups.connection import Connection as _Connection
 from asgi_groups.registry import Registry
 from asgi_groups.types import UserLike
 
 from . import starlette as _starlette
-from .starlette import STATE_KEY, add_view, install, joined, lifespan
+from .starlette import STATE_KEY, LoginRequired, add_view, install, joined, lifespan
 
 __all__ = [
     "STATE_KEY",
     "Connection",
     "CurrentRegistry",
     "CurrentUser",
+    "LoginRequired",
     "OptionalUser",
     "add_view",
     "current_registry",
@@ -51,10 +51,10 @@ def optional_user(websocket: WebSocket) -> UserLike:
 
 
 def current_user(websocket: WebSocket) -> UserLike:
-    """The socket's logged-in user; an anonymous one is refused at the handshake (1008 → 403)."""
+    """The socket's logged-in user; an anonymous one is refused at the handshake (HTTP 403)."""
     user = _starlette.current_user(websocket)
     if not user.is_authenticated:
-        raise WebSocketException(code=codes.POLICY_VIOLATION, reason="login required")
+        raise LoginRequired()
     return user
 
 

@@ -24,34 +24,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
-from quart import Quart, abort, current_app, has_websocket_context, websocket
+from asgiref.sync import markcoroutinefunction
+from quart import Quart, current_app, has_websocket_context, websocket
 from quart.wrappers import Websocket
 
 from asgi_groups import codes
 from asgi_groups.connection import Connection
-from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware
+from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware, reject
 from asgi_groups.registry import Registry
 from asgi_groups.request import Request
 from asgi_groups.sessions import QuartSessionCookie
-from asgi_groups.types import (
-    ASGIApp,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    SessionCodec,
-    UserLike,
-    UserLoader,
-    UserStore,
-)
-
-from ._lifespan import groups_for, registered
+from asgi_groups.types import ASGIApp, Message, Receive, Scope, Send, UserLike
+from asgi_groups.views import groups_to_join
 
 __all__ = [
     "EXTENSION_KEY",
+    "SEND_KEY",
     "asgi_send",
     "current_registry",
     "current_user",
@@ -63,20 +54,32 @@ __all__ = [
 EXTENSION_KEY = "asgi_groups"
 """The ``app.extensions`` entry that holds the registry."""
 
+SEND_KEY = "asgi_groups.send"
+"""The scope entry holding the server's own ASGI ``send`` (Quart's ``websocket`` wraps it), so
+that a handshake can be refused as the core refuses it."""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _Views:
-    """Serve ``WsView`` apps at exact WebSocket paths ahead of Quart; the rest goes to Quart."""
+class _Front:
+    """Ahead of Quart: keep the server's ``send`` in a socket's scope, and serve ``WsView``
+    apps at exact WebSocket paths; the rest goes to Quart."""
 
     def __init__(self, app: ASGIApp, views: Mapping[str, ASGIApp]) -> None:
         self.app = app
         self.views = dict(views)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        view = self.views.get(scope["path"]) if scope["type"] == "websocket" else None
-        await (view or self.app)(scope, receive, send)
+    @markcoroutinefunction
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the inner coroutine: no frame of ours per socket.
+        if scope["type"] != "websocket":
+            return self.app(scope, receive, send)
+        view = self.views.get(scope["path"])
+        if view is not None:
+            return view(scope, receive, send)
+        scope[SEND_KEY] = send
+        return self.app(scope, receive, send)
 
 
 def install(
@@ -84,32 +87,21 @@ def install(
     registry: Registry | None = None,
     *,
     views: Mapping[str, ASGIApp] | None = None,
-    sessions: SessionCodec | Sequence[SessionCodec] | None = None,
-    users: UserStore | UserLoader | None = None,
-    allowed_origins: Iterable[str] | str | None = None,
-    allow_missing_origin: bool = False,
-    revalidate_every: float | None = None,
+    **options: Any,
 ) -> Registry:
     """Put ``GroupsMiddleware`` on ``app.asgi_app`` and run ``registry`` while the app serves.
 
-    ``views`` maps WebSocket paths to ``View.as_asgi()`` apps. ``sessions`` defaults to Quart's
-    own cookie as configured in ``app.config`` (set ``SECRET_KEY`` first). The registry starts
-    before the app's other ``before_serving`` functions and closes after its ``after_serving``
-    ones. Returns the registry.
+    ``views`` maps WebSocket paths to ``View.as_asgi()`` apps. ``options`` go to
+    ``GroupsMiddleware`` as they are; its ``sessions`` default to Quart's own cookie as
+    configured in ``app.config`` (set ``SECRET_KEY`` first). The registry starts before the
+    app's other ``before_serving`` functions and closes after its ``after_serving`` ones.
+    Returns the registry.
     """
     registry = registry if registry is not None else Registry()
-    inner = cast(ASGIApp, app.asgi_app)
-    if views:
-        inner = _Views(inner, views)
-    app.asgi_app = GroupsMiddleware(  # type: ignore[method-assign,assignment]
-        inner,
-        registry,
-        sessions=sessions if sessions is not None else QuartSessionCookie.from_app(app),
-        users=users,
-        allowed_origins=allowed_origins,
-        allow_missing_origin=allow_missing_origin,
-        revalidate_every=revalidate_every,
-    )
+    if options.get("sessions") is None:
+        options["sessions"] = QuartSessionCookie.from_app(app)
+    inner = _Front(cast(ASGIApp, app.asgi_app), views or {})
+    app.asgi_app = GroupsMiddleware(inner, registry, **options)  # type: ignore[method-assign,assignment]
     app.before_serving_funcs.insert(0, registry.start)
     app.after_serving_funcs.append(registry.close)
     app.extensions[EXTENSION_KEY] = registry
@@ -131,14 +123,21 @@ def current_registry() -> Registry:
     return registry
 
 
-def login_required(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Refuse anonymous users at the handshake (HTTP 403) in an ``@app.websocket`` handler."""
+def login_required(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | None]]:
+    """Refuse anonymous users at the handshake (HTTP 403) in an ``@app.websocket`` handler,
+    through the core's ``reject``, as a ``WsView`` with ``login_required`` does."""
 
     @functools.wraps(handler)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not current_user().is_authenticated:
-            abort(403)
-        return await handler(*args, **kwargs)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        if current_user().is_authenticated:
+            return await handler(*args, **kwargs)
+        scope = cast(Scope, websocket.scope)
+        send = scope.get(SEND_KEY)
+        if send is not None:
+            await reject(scope, send, 403, "Forbidden: login required")
+        else:  # not installed: a close before accept, which the server answers with 403
+            await websocket.close(codes.POLICY_VIOLATION, "login required")
+        return None
 
     return wrapper
 
@@ -172,7 +171,6 @@ async def joined(
     ws = cast(Websocket, cast(Any, websocket)._get_current_object())
     await ws.accept()
     user = current_user()
-    async with registered(
-        current_registry(), asgi_send(ws), user, groups_for(user, groups, user_groups)
-    ) as conn:
+    joining = groups_to_join(user, groups, user_groups=user_groups)
+    async with current_registry().attached(asgi_send(ws), user, joining) as conn:
         yield conn

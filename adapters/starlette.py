@@ -8,37 +8,42 @@ A ``WsView`` is a plain ASGI app, so Starlette routes it as it is::
 
 or, for an app that already exists, ``registry = install(app, sessions=..., users=...)``.
 When Starlette's ``SessionMiddleware`` runs outside ``GroupsMiddleware``, the session it decoded
-(``websocket.session``) is the one used.
+(``websocket.session``) is the one used. An endpoint refuses a socket by raising
+``LoginRequired``: ``install`` answers it as every refusal of the library is answered (HTTP 403).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
+from asgi_groups import codes
 from asgi_groups.connection import Connection
-from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware
+from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware, reject
 from asgi_groups.registry import Registry
 from asgi_groups.request import Request
-from asgi_groups.types import SessionCodec, UserLike, UserLoader, UserStore
-from asgi_groups.views import WsView
+from asgi_groups.types import UserLike
+from asgi_groups.views import WsView, groups_to_join
 
-from ._lifespan import LifespanFactory, compose, groups_for, registered
+from ._lifespan import LifespanFactory, compose
 
 __all__ = [
     "STATE_KEY",
+    "LoginRequired",
     "add_view",
     "current_registry",
     "current_user",
     "install",
     "joined",
     "lifespan",
+    "refuse",
 ]
 
 STATE_KEY = "asgi_groups_registry"
@@ -63,31 +68,37 @@ def lifespan(
     return run
 
 
-def install(
-    app: Starlette,
-    registry: Registry | None = None,
-    *,
-    sessions: SessionCodec | Sequence[SessionCodec] | None = None,
-    users: UserStore | UserLoader | None = None,
-    allowed_origins: Iterable[str] | str | None = None,
-    allow_missing_origin: bool = False,
-    revalidate_every: float | None = None,
-) -> Registry:
+class LoginRequired(WebSocketException):
+    """Refuse the socket at the handshake: its user is not logged in.
+
+    ``install`` answers it with the core's ``reject`` (HTTP 403, as a ``WsView`` with
+    ``login_required`` does); elsewhere Starlette's own handler closes with 1008 before accept,
+    which the server also answers with 403.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(code=codes.POLICY_VIOLATION, reason="login required")
+
+
+async def refuse(websocket: WebSocket, exc: Exception) -> None:
+    """The exception handler for ``LoginRequired``: refuse as the core does (HTTP 403)."""
+    if websocket.application_state == WebSocketState.CONNECTING:
+        await reject(websocket.scope, websocket.send, 403, "Forbidden: login required")
+    elif websocket.application_state == WebSocketState.CONNECTED:
+        await websocket.close(codes.POLICY_VIOLATION, "login required")
+
+
+def install(app: Starlette, registry: Registry | None = None, **options: Any) -> Registry:
     """Wrap an existing app in ``GroupsMiddleware`` and run ``registry`` in its lifespan.
 
-    The app's own lifespan (``lifespan=`` or startup handlers) still runs, inside the
-    registry's. Call before the app starts serving; returns the registry.
+    ``options`` go to ``GroupsMiddleware`` as they are (``sessions``, ``users``,
+    ``allowed_origins``, ...). The app's own lifespan (``lifespan=`` or startup handlers) still
+    runs, inside the registry's. ``LoginRequired`` is answered with HTTP 403. Call before the
+    app starts serving; returns the registry.
     """
     registry = registry if registry is not None else Registry()
-    app.add_middleware(
-        GroupsMiddleware,
-        registry=registry,
-        sessions=sessions,
-        users=users,
-        allowed_origins=allowed_origins,
-        allow_missing_origin=allow_missing_origin,
-        revalidate_every=revalidate_every,
-    )
+    app.add_middleware(GroupsMiddleware, registry=registry, **options)
+    app.add_exception_handler(LoginRequired, refuse)
     app.router.lifespan_context = compose(registry, app.router.lifespan_context)
     setattr(app.state, STATE_KEY, registry)
     return registry
@@ -127,8 +138,6 @@ async def joined(
     if websocket.application_state == WebSocketState.CONNECTING:
         await websocket.accept()
     user = current_user(websocket)
-    registry = current_registry(websocket)
-    async with registered(
-        registry, websocket.send, user, groups_for(user, groups, user_groups)
-    ) as conn:
+    joining = groups_to_join(user, groups, user_groups=user_groups)
+    async with current_registry(websocket).attached(websocket.send, user, joining) as conn:
         yield conn
