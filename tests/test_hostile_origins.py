@@ -44,6 +44,8 @@ POLICIES: dict[str, dict[str, Any]] = {
     "/missing-ok": {"allow_missing_origin": True},
     "/dot": {"allowed_origins": [".example.com"]},
     "/star": {"allowed_origins": ["https://*.example.com"]},
+    "/any": {"allowed_origins": "*"},
+    "/any-and-null": {"allowed_origins": "*, null"},
 }
 
 
@@ -122,12 +124,20 @@ WILDCARD_CASES: list[tuple[str, str, bool]] = [
     ("/star", "http://chat.example.com", False),
     ("/star", "https://example.com.evil.io", False),
     ("/star", "https://evilexample.com", False),
+    ("/any", "https://anything.io", True),
+    ("/any", "http://localhost:1234", True),
+    ("/any", "null", False),  # "*" is any http(s) origin; the opaque origin must be listed
+    ("/any", "file://", False),
+    ("/any", "javascript:alert(1)", False),
+    ("/any-and-null", "null", True),
+    ("/any-and-null", "https://anything.io", True),
 ]
 
 
 async def test_wildcard_allow_list(site: Site) -> None:
     """A ``.example.com`` / ``https://*.example.com`` entry admits the domain and its subdomains
-    (101) and refuses look-alikes with 403 without calling the app."""
+    (101) and refuses look-alikes with 403 without calling the app; ``"*"`` admits any http(s)
+    origin but not ``null`` (sandboxed frames, files) unless ``null`` is listed too."""
     admitted = dict.fromkeys(POLICIES, 0)
     for path, origin, allowed in WILDCARD_CASES:
         status = await handshake_status(site.address, {"Origin": origin}, path)
