@@ -1,4 +1,5 @@
-"""Fan-out benchmark: ``python -m benchmarks.fanout [--quick] [--systems a,b] [--out FILE]``.
+"""Fan-out benchmark: ``python -m benchmarks.fanout [--quick] [--systems a,b] [--workloads w,...]
+[--out FILE]``.
 
 Runs every selected system under the same ASGI server, each in its own process with the client
 load in another, writes RESULTS.md (tables, targets met/missed) and fanout.png. Installs
@@ -28,7 +29,7 @@ from .results import SystemResult
 from .serve import DEFAULT_WS
 from .systems import select, unavailable
 from .targets import evaluate
-from .workloads import run_system
+from .workloads import WORKLOADS, run_system
 
 HERE = Path(__file__).resolve().parent
 #: Seconds kept in reserve for each system still to run when the run budget gets tight.
@@ -40,12 +41,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes, about 2 minutes")
     p.add_argument("--systems", help="comma-separated names (default: all); see README.md")
     p.add_argument("--coalesce", action="store_true", help="also run asgi_groups-coalesce")
+    p.add_argument(
+        "--workloads",
+        type=_workloads,
+        default=frozenset(WORKLOADS),
+        help=f"comma-separated, from {','.join(WORKLOADS)} (default: all)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="markdown report")
     p.add_argument("--plot", type=Path, help="PNG path (default: fanout.png next to --out)")
     p.add_argument("--json", type=Path, help="also dump the raw results as JSON")
     p.add_argument("--ws", default=DEFAULT_WS, help="uvicorn WebSocket implementation")
     p.add_argument("--redis-server", default="redis-server", help="redis-server binary")
     return p.parse_args(argv)
+
+
+def _workloads(text: str) -> frozenset[str]:
+    names = frozenset(w.strip() for w in text.split(",") if w.strip())
+    unknown = names - set(WORKLOADS)
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(WORKLOADS)}")
+    return names
 
 
 def log(text: str) -> None:
@@ -71,7 +86,14 @@ async def run_all(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict[s
             continue
         log(f"{system.name}: {system.label}")
         work = run_system(
-            result, system, plan, workdir, log, ws=args.ws, redis_bin=args.redis_server
+            result,
+            system,
+            plan,
+            workdir,
+            log,
+            ws=args.ws,
+            redis_bin=args.redis_server,
+            workloads=args.workloads,
         )
         limit = time_limit(plan, deadline, len(systems) - index)
         try:

@@ -21,6 +21,9 @@ from .session import Session
 from .systems import PEER_FAMILIES, System
 
 Log = Callable[[str], None]
+#: Workload names for ``--workloads`` (``burst`` is every N of the plan; ``steady`` includes the
+#: external-publisher run).
+WORKLOADS = ("memory", "burst", "slow", "steady")
 #: A steady run that delivered less than this share of its messages could not keep up.
 SATURATED = 0.95
 
@@ -195,8 +198,10 @@ async def run_system(
     *,
     ws: str,
     redis_bin: str,
+    workloads: frozenset[str] = frozenset(WORKLOADS),
 ) -> None:
-    """Every workload for one system, filling ``result`` as it goes; never raises."""
+    """The selected workloads (default: all) for one system, filling ``result`` as it goes;
+    never raises."""
 
     def session(tag: str) -> Session:
         return Session(system, plan, workdir, tag, ws=ws, redis_bin=redis_bin)
@@ -204,22 +209,32 @@ async def run_system(
     def store_burst(n: int) -> Store:
         return lambda b: result.bursts.__setitem__(n, b)
 
-    pending: list[tuple[str, Work, Store]] = [
-        ("memory", lambda s: memory(s, plan), lambda m: setattr(result, "memory", m))
-    ]
-    for n in sorted(plan.burst_ns, reverse=True):
-        pending.append((f"burst N={n}", lambda s, n=n: burst(s, plan, n), store_burst(n)))
-    if plan.slow_peers or system.family not in PEER_FAMILIES:
+    pending: list[tuple[str, Work, Store]] = []
+    if "memory" in workloads:
         pending.append(
-            ("slow reader", lambda s: slow_reader(s, plan), lambda r: setattr(result, "slow", r))
+            ("memory", lambda s: memory(s, plan), lambda m: setattr(result, "memory", m))
         )
-    else:
-        result.notes.append("slow reader: not run for peers in a quick run")
+    if "burst" in workloads:
+        for n in sorted(plan.burst_ns, reverse=True):
+            pending.append((f"burst N={n}", lambda s, n=n: burst(s, plan, n), store_burst(n)))
+    if "slow" in workloads:
+        if plan.slow_peers or system.family not in PEER_FAMILIES:
+            pending.append(
+                (
+                    "slow reader",
+                    lambda s: slow_reader(s, plan),
+                    lambda r: setattr(result, "slow", r),
+                )
+            )
+        else:
+            result.notes.append("slow reader: not run for peers in a quick run")
     try:
         await _in_sessions(pending, result, session, log)
     except Exception as exc:
         result.errors["server"] = f"{type(exc).__name__}: {exc}"
         log(f"  server: FAILED {result.errors['server']}")
+    if "steady" not in workloads:
+        return
     try:
         await _steady_sessions(result, system, plan, workdir, log, session)
     except Exception as exc:
