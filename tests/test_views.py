@@ -220,4 +220,4 @@ async def test_no_leak_after_1000_cycles(registry: Registry) -> None:
                 await ws.receive_json()
     stats = registry.stats()
     assert (stats.connections, stats.users, stats.groups) == (0, 0, 0)
-    assert registry._by_id == {}
+    assert registry.connections() == []
