@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -62,7 +62,6 @@ class Connection:
     """
 
     __slots__ = (
-        "__weakref__",
         "_close_timer",
         "_groups_of",
         "_killed",
@@ -93,7 +92,7 @@ class Connection:
         on_closed: ClosedCallback | None = None,
         groups_of: GroupsLookup = _no_groups,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = os.urandom(16).hex()  # 128 random bits, as uuid4 has, without the UUID
         self.user = user
         self.user_id: str | None = (
             str(user.id) if user is not None and user.is_authenticated else None

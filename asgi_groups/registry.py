@@ -13,8 +13,9 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import codes
@@ -31,7 +32,7 @@ from .types import Send, UserLike
 if TYPE_CHECKING:
     from .sync import SyncRegistry
 
-__all__ = ["MAX_GROUP_NAME", "PresenceCallback", "PresenceEvent", "Registry", "Stats"]
+__all__ = ["MAX_GROUP_NAME", "Attachment", "PresenceCallback", "PresenceEvent", "Registry", "Stats"]
 
 logger = logging.getLogger("asgi_groups.registry")
 
@@ -88,6 +89,9 @@ class Registry:
         self._deliveries = 0
         self._dropped = 0  # by connections that have left
         self._slow_closed = 0
+        # bound once, shared by every connection (a bound method per socket costs 64 B)
+        self._on_closed = self._detach
+        self._groups_of = self.router.groups_of
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -161,43 +165,30 @@ class Registry:
             user,
             limits=limits or self.limits,
             owner=owner,
-            on_closed=self._detach,
-            groups_of=self.router.groups_of,
+            on_closed=self._on_closed,
+            groups_of=self._groups_of,
         )
         await self._perform(self.router.connect(conn))
         return conn
 
-    @contextlib.asynccontextmanager
-    async def attached(
+    def attached(
         self,
         send: Send,
         user: UserLike | None = None,
         groups: Iterable[str] = (),
         *,
         limits: QueueLimits | None = None,
-    ) -> AsyncIterator[Connection]:
-        """One accepted socket's time in the registry: connect, join ``groups``, always leave.
+    ) -> Attachment:
+        """One accepted socket's time in the registry: ``async with registry.attached(...)``.
 
-        ``user`` is ignored unless authenticated. When the library tears the socket down (its
-        close did not complete in time) it cancels the task in this block; that cancellation
-        ends the block quietly. Every adapter and ``WsView`` go through here.
+        Connects, joins ``groups`` and, however the block ends, finishes the connection. ``user``
+        is ignored unless authenticated. When the library tears the socket down (its close did
+        not complete in time) it cancels the task in the block; that cancellation ends the block
+        quietly. Every adapter and ``WsView`` go through here.
         """
         if user is not None and not user.is_authenticated:
             user = None
-        conn = await self.connect(send, user, limits=limits)
-        task = asyncio.current_task()
-        try:
-            for group in groups:
-                if not conn.is_open:
-                    break  # revoked while an earlier join waited for the backend
-                await self.join(conn, group)
-            yield conn
-        except asyncio.CancelledError:
-            if not (conn.killed and task is not None):
-                raise
-            task.uncancel()
-        finally:
-            conn.finish()
+        return Attachment(self, send, user, groups, limits)
 
     def get(self, connection_id: str) -> Connection | None:
         """The local connection with this id, if any."""
@@ -436,6 +427,64 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"<Registry {self.url} connections={len(self.router)}>"
+
+
+class Attachment:
+    """What :meth:`Registry.attached` returns: an async context manager yielding the Connection.
+
+    A plain class rather than a generator, so that an open socket keeps no suspended frame.
+    """
+
+    __slots__ = ("_groups", "_limits", "_registry", "_send", "_user", "connection")
+
+    def __init__(
+        self,
+        registry: Registry,
+        send: Send,
+        user: UserLike | None,
+        groups: Iterable[str],
+        limits: QueueLimits | None,
+    ) -> None:
+        self._registry = registry
+        self._send: Send | None = send
+        self._user = user
+        self._groups = groups
+        self._limits = limits
+        self.connection: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        registry, send = self._registry, self._send
+        if send is None:
+            raise RuntimeError("an attachment is entered once")
+        groups, self._groups, self._send = self._groups, (), None
+        conn = self.connection = await registry.connect(send, self._user, limits=self._limits)
+        self._user = None
+        try:
+            for group in groups:
+                if not conn.is_open:
+                    break  # revoked while an earlier join waited for the backend
+                await registry.join(conn, group)
+        except BaseException:
+            conn.finish()
+            raise
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        conn = self.connection
+        if conn is None:
+            return False
+        conn.finish()
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and conn.killed:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+                return True  # the library tore the socket down: end the block quietly
+        return False
 
 
 class _Local:

@@ -3,7 +3,8 @@
 Plain synchronous data, no I/O and no event loop (like the protocol layers of h11 and wsproto).
 Every change returns the effects the I/O edge must perform: subscribe to a channel when its
 first local member arrives, unsubscribe after the last one leaves, and tell the backend that a
-user's connection count in a group changed. Every operation is O(1) in the number of members.
+user's connection count in a group changed. Every operation is O(1) in the number of members
+(and linear in the few groups one connection is in).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Router(Generic[M]):
     __slots__ = ("_by_id", "_counts", "_groups", "_members", "_users")
 
     def __init__(self) -> None:
-        self._members: dict[M, set[str] | None] = {}  # member -> its groups
+        self._members: dict[M, tuple[str, ...]] = {}  # member -> its groups (a few, usually)
         self._by_id: dict[str, M] = {}
         self._groups: dict[str, set[M]] = {}  # group channel -> members
         self._users: dict[str, set[M]] = {}  # user channel -> members
@@ -84,7 +85,7 @@ class Router(Generic[M]):
         """Register ``member``; subscribes its user's channel for the user's first member."""
         if member in self._members:
             return []
-        self._members[member] = None
+        self._members[member] = ()
         self._by_id[member.id] = member
         user_id = member.user_id
         if user_id is None:
@@ -96,7 +97,7 @@ class Router(Generic[M]):
         """Unregister ``member`` and take it out of every group; no effect if unknown."""
         if member not in self._members:
             return []
-        groups = self._members.pop(member) or ()
+        groups = self._members.pop(member)
         del self._by_id[member.id]
         effects: list[Effect] = []
         for group in groups:
@@ -114,11 +115,9 @@ class Router(Generic[M]):
         if member not in self._members:
             raise KeyError(f"{member!r} is not connected")
         mine = self._members[member]
-        if mine is None:
-            mine = self._members[member] = set()
-        elif group in mine:
+        if group in mine:
             return []
-        mine.add(group)
+        self._members[member] = (*mine, group)
         effects: list[Effect] = []
         if _add(self._groups, channel, member):
             effects.append(Subscribe(channel))
@@ -135,9 +134,7 @@ class Router(Generic[M]):
         mine = self._members.get(member)
         if not mine or group not in mine:
             return []
-        mine.discard(group)
-        if not mine:
-            self._members[member] = None
+        self._members[member] = tuple(g for g in mine if g != group)
         effects: list[Effect] = []
         self._left(member, group, effects)
         return effects
@@ -200,7 +197,7 @@ class Router(Generic[M]):
         return self._users.get(user_channel(user_id)) or _EMPTY  # type: ignore[return-value]
 
     def groups_of(self, member: M) -> frozenset[str]:
-        return frozenset(self._members.get(member) or ())
+        return frozenset(self._members.get(member, ()))
 
     def presence(self, group: str) -> dict[str, int]:
         """``{user_id: connections}`` of the authenticated members of ``group``."""
