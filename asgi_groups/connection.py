@@ -65,7 +65,6 @@ class Connection:
         "_close_timer",
         "_groups_of",
         "_killed",
-        "_loop",
         "_on_closed",
         "_owner",
         "_queue",
@@ -106,7 +105,7 @@ class Connection:
         self._send = send
         self._on_closed = on_closed
         self._groups_of = groups_of
-        self._loop = asyncio.get_running_loop()
+        asyncio.get_running_loop()  # made inside the loop that serves it: fail early otherwise
         self._owner = owner if owner is not None else asyncio.current_task()
         self._queue: deque[Frame] | None = None
         self._queued_bytes = 0
@@ -154,7 +153,7 @@ class Connection:
                 self._gone()
                 return FAILED
             if rest is not None:
-                self._writer = self._loop.create_task(self._drain(rest))
+                self._writer = asyncio.get_running_loop().create_task(self._drain(rest))
             return DELIVERED
         dropped = DELIVERED
         if queue is None:
@@ -169,7 +168,7 @@ class Connection:
         queue.append(frame)
         self._queued_bytes += frame.size
         if self._writer is None:
-            self._writer = self._loop.create_task(self._drain())
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
         return dropped
 
     async def send(self, message: Any) -> None:
@@ -192,7 +191,7 @@ class Connection:
             queue = self._queue = deque()
         queue.append(Frame({"type": "websocket.close", "code": code, "reason": reason}, 0))
         if self._writer is None:
-            self._writer = self._loop.create_task(self._drain())
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
         self._arm_close_timer()
         self._notify()
 
@@ -259,7 +258,7 @@ class Connection:
         self._queued_bytes = 0
         if self._writer is not None:
             self._writer.cancel()
-        self._writer = self._loop.create_task(self._send_close(code, reason))
+        self._writer = asyncio.get_running_loop().create_task(self._send_close(code, reason))
         self._arm_close_timer()
 
     async def _drain(self, started: Awaitable[Any] | None = None) -> None:
@@ -325,7 +324,9 @@ class Connection:
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None:
-            self._close_timer = self._loop.call_later(self.limits.close_timeout, self._kill)
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self.limits.close_timeout, self._kill
+            )
 
     def _kill(self) -> None:
         """The close did not complete in time: cancel the owner so the server drops the socket."""

@@ -429,13 +429,16 @@ class Registry:
         return f"<Registry {self.url} connections={len(self.router)}>"
 
 
+_Pending = tuple[Registry, Send, "UserLike | None", Iterable[str], "QueueLimits | None"]
+
+
 class Attachment:
     """What :meth:`Registry.attached` returns: an async context manager yielding the Connection.
 
     A plain class rather than a generator, so that an open socket keeps no suspended frame.
     """
 
-    __slots__ = ("_groups", "_limits", "_registry", "_send", "_user", "connection")
+    __slots__ = ("_pending", "connection")
 
     def __init__(
         self,
@@ -445,20 +448,15 @@ class Attachment:
         groups: Iterable[str],
         limits: QueueLimits | None,
     ) -> None:
-        self._registry = registry
-        self._send: Send | None = send
-        self._user = user
-        self._groups = groups
-        self._limits = limits
+        # what entering needs, dropped once entered: an open socket keeps two references
+        self._pending: _Pending | None = (registry, send, user, groups, limits)
         self.connection: Connection | None = None
 
     async def __aenter__(self) -> Connection:
-        registry, send = self._registry, self._send
-        if send is None:
+        if self._pending is None:
             raise RuntimeError("an attachment is entered once")
-        groups, self._groups, self._send = self._groups, (), None
-        conn = self.connection = await registry.connect(send, self._user, limits=self._limits)
-        self._user = None
+        (registry, send, user, groups, limits), self._pending = self._pending, None
+        conn = self.connection = await registry.connect(send, user, limits=limits)
         try:
             for group in groups:
                 if not conn.is_open:

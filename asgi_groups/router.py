@@ -73,7 +73,8 @@ class Router(Generic[M]):
     __slots__ = ("_by_id", "_counts", "_groups", "_members", "_users")
 
     def __init__(self) -> None:
-        self._members: dict[M, tuple[str, ...]] = {}  # member -> its groups (a few, usually)
+        # member -> its groups: one name as it is (an open socket in one group costs no tuple)
+        self._members: dict[M, str | tuple[str, ...]] = {}
         self._by_id: dict[str, M] = {}
         self._groups: dict[str, set[M]] = {}  # group channel -> members
         self._users: dict[str, set[M]] = {}  # user channel -> members
@@ -97,7 +98,7 @@ class Router(Generic[M]):
         """Unregister ``member`` and take it out of every group; no effect if unknown."""
         if member not in self._members:
             return []
-        groups = self._members.pop(member)
+        groups = _names(self._members.pop(member))
         del self._by_id[member.id]
         effects: list[Effect] = []
         for group in groups:
@@ -114,10 +115,10 @@ class Router(Generic[M]):
         channel = group_channel(group)
         if member not in self._members:
             raise KeyError(f"{member!r} is not connected")
-        mine = self._members[member]
+        mine = _names(self._members[member])
         if group in mine:
             return []
-        self._members[member] = (*mine, group)
+        self._members[member] = (*mine, group) if mine else group
         effects: list[Effect] = []
         if _add(self._groups, channel, member):
             effects.append(Subscribe(channel))
@@ -131,10 +132,11 @@ class Router(Generic[M]):
     def leave(self, member: M, group: str) -> list[Effect]:
         """Take ``member`` out of ``group``; no effect if it is not there."""
         group_channel(group)
-        mine = self._members.get(member)
-        if not mine or group not in mine:
+        mine = _names(self._members.get(member, ()))
+        if group not in mine:
             return []
-        self._members[member] = tuple(g for g in mine if g != group)
+        rest = tuple(g for g in mine if g != group)
+        self._members[member] = rest[0] if len(rest) == 1 else rest
         effects: list[Effect] = []
         self._left(member, group, effects)
         return effects
@@ -197,7 +199,7 @@ class Router(Generic[M]):
         return self._users.get(user_channel(user_id)) or _EMPTY  # type: ignore[return-value]
 
     def groups_of(self, member: M) -> frozenset[str]:
-        return frozenset(self._members.get(member, ()))
+        return frozenset(_names(self._members.get(member, ())))
 
     def presence(self, group: str) -> dict[str, int]:
         """``{user_id: connections}`` of the authenticated members of ``group``."""
@@ -211,6 +213,10 @@ class Router(Generic[M]):
     def counts(self) -> tuple[int, int, int]:
         """``(members, users, groups)``."""
         return len(self._members), len(self._users), len(self._groups)
+
+
+def _names(groups: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (groups,) if type(groups) is str else groups  # type: ignore[return-value]
 
 
 def _add(index: dict[str, set[M]], key: str, member: M) -> bool:
