@@ -226,6 +226,24 @@ async def test_wait_closed_gives_up_after_close_timeout() -> None:
     assert conn.is_open
 
 
+async def test_frames_after_a_writer_finished_are_written_too() -> None:
+    out = Outbox()
+    out.gate.clear()
+    conn = Connection(out, None)
+    conn.deliver(Frame.text("a"))  # waits in send: a writer takes over
+    conn.deliver(Frame.text("b"))
+    out.gate.set()
+    await conn.wait_closed()  # the writer is done: nothing left to write
+    assert out.texts == ["a", "b"]
+    out.gate.clear()
+    conn.deliver(Frame.text("c"))  # waits in send again: a new writer takes over
+    conn.deliver(Frame.text("d"))
+    out.gate.set()
+    conn.close()
+    await conn.wait_closed()
+    assert out.texts == ["a", "b", "c", "d"]
+
+
 # -- tearing down a socket whose close never completes -----------------------------------------
 
 
@@ -400,6 +418,30 @@ def test_a_resumed_send_passes_the_drivers_values_through() -> None:
     with pytest.raises(StopIteration) as stop:
         steps.send("reply")
     assert stop.value.value == "reply"
+
+
+class Catching:
+    """An awaitable that yields ``"first"`` and returns what is thrown into it, as text."""
+
+    def __await__(self) -> Generator[str, Any, Any]:
+        try:
+            yield "first"
+        except ValueError as exc:
+            return f"caught {exc}"
+        return "not thrown"
+
+
+def test_a_resumed_send_receives_what_is_thrown_into_it() -> None:
+    async def send() -> Any:
+        return await Catching()
+
+    rest = eager.start(send())
+    assert isinstance(rest, eager.Resumed)
+    steps = rest.__await__()
+    assert steps.send(None) == "first"
+    with pytest.raises(StopIteration) as stop:
+        steps.throw(ValueError("x"))
+    assert stop.value.value == "caught x"
 
 
 async def test_a_send_that_waits_again_while_being_cancelled_finishes_its_cleanup() -> None:

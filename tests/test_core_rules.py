@@ -45,12 +45,12 @@ class Recording(MemoryBackend):
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.subscribed = asyncio.Event()
-        self.fail_subscribe = False
+        self.fail_subscribe = ""  # subscribing to channels that start with this fails
 
     async def subscribe(self, channel: str) -> None:
         self.calls.append(("subscribe", channel))
         self.subscribed.set()
-        if self.fail_subscribe:
+        if self.fail_subscribe and channel.startswith(self.fail_subscribe):
             raise BackendUnavailable("down")
 
     def unsubscribe(self, channel: str) -> None:
@@ -213,7 +213,7 @@ async def test_a_join_the_backend_refuses_is_undone() -> None:
     async with Registry(backend=backend) as reg:
         conn, _ = await tab(reg, 1)
         backend.take()
-        backend.fail_subscribe = True
+        backend.fail_subscribe = "g:"
         with pytest.raises(BackendUnavailable):
             await reg.join(conn, "g")
         assert reg.groups_of(conn) == frozenset()
@@ -525,3 +525,118 @@ def test_sync_is_one_bridge_per_registry() -> None:
     reg = Registry()
     assert isinstance(reg.sync, SyncRegistry)
     assert reg.sync is reg.sync
+
+
+# -- Registry.attached: one socket's time in the registry --------------------------------------
+
+
+async def test_attached_uses_the_limits_it_is_given() -> None:
+    async with Registry() as reg:
+        out = Outbox()
+        out.gate.clear()
+        tight = QueueLimits(max_messages=1)
+        async with reg.attached(out, SimpleUser(1, "a"), limits=tight) as conn:
+            assert conn.limits is tight
+            for text in "abc":
+                await reg.send_user(1, text)  # a: in send, b: queued, c: over the limit
+            assert conn.overflowed
+
+
+async def test_attached_is_entered_once() -> None:
+    async with Registry() as reg:
+        attachment = reg.attached(Outbox(), None)
+        async with attachment:
+            with pytest.raises(RuntimeError, match=r"^an attachment is entered once$"):
+                await attachment.__aenter__()
+
+
+async def test_attached_stops_joining_once_the_socket_is_closed() -> None:
+    """A socket revoked while an earlier join waited for the backend joins nothing more, and
+    the block still gets its (closed) connection."""
+
+    class Revoking(MemoryBackend):
+        async def subscribe(self, channel: str) -> None:
+            if channel.startswith("g:"):
+                for conn in self.registry.connections():
+                    conn.close(4401, "revoked")
+
+    backend = Revoking()
+    async with Registry(backend=backend) as reg:
+        backend.registry = reg  # type: ignore[attr-defined]
+        async with reg.attached(Outbox(), SimpleUser(1, "a"), ["a", "b"]) as conn:
+            assert isinstance(conn, Connection) and not conn.is_open
+            assert reg.groups_of(conn) == frozenset()
+        assert reg.stats().connections == 0
+
+
+async def test_attached_finishes_the_connection_when_a_join_fails() -> None:
+    backend = Recording()
+    async with Registry(backend=backend) as reg:
+        backend.fail_subscribe = "g:"
+        with pytest.raises(BackendUnavailable):
+            async with reg.attached(Outbox(), SimpleUser(1, "a"), ["a"]):
+                pytest.fail("the block does not run")  # pragma: no cover
+        assert reg.stats().connections == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Registry.connect registers the connection in the router before awaiting the "
+    "user channel's subscription and does not undo it when that await fails or is cancelled",
+)
+async def test_a_connect_the_backend_refuses_leaves_nothing_registered() -> None:
+    backend = Recording()
+    async with Registry(backend=backend) as reg:
+        backend.fail_subscribe = "u:"
+        with pytest.raises(BackendUnavailable):
+            async with reg.attached(Outbox(), SimpleUser(1, "a")):
+                pytest.fail("the block does not run")  # pragma: no cover
+        assert reg.stats().connections == 0
+        assert reg.connections("1") == []
+
+
+async def test_attached_ends_quietly_only_for_the_librarys_own_teardown() -> None:
+    """When the library tears a socket down (its close never completed) the block's task
+    ends without being cancelled; any other exception still propagates."""
+    forever: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    limits = QueueLimits(close_timeout=0.01)
+
+    async def stuck(event: Any) -> None:
+        await asyncio.Event().wait()
+
+    async with Registry(limits=limits) as reg:
+
+        async def torn_down() -> str:
+            async with reg.attached(stuck, SimpleUser(1, "a")) as conn:
+                conn.close()
+                await forever
+            return "ended quietly"
+
+        async def fails_during_teardown() -> None:
+            async with reg.attached(stuck, SimpleUser(2, "b")) as conn:
+                conn.close()
+                try:
+                    await forever
+                except asyncio.CancelledError:
+                    raise ValueError("handler failed") from None
+
+        async def fails() -> None:
+            async with reg.attached(Outbox(), SimpleUser(3, "c")):
+                raise KeyError("handler bug")
+
+        loop = asyncio.get_running_loop()
+        assert await loop.create_task(torn_down()) == "ended quietly"
+        with pytest.raises(ValueError, match="handler failed"):
+            await loop.create_task(fails_during_teardown())
+        with pytest.raises(KeyError, match="handler bug"):
+            await fails()
+        assert reg.stats().connections == 0
+
+
+async def test_a_control_message_without_code_or_reason_uses_the_defaults() -> None:
+    """What another publisher may send on the control channel: only the user id."""
+    async with Registry() as reg:
+        conn, out = await tab(reg, 1)
+        reg.backend.sink.control("disconnect_user", {"user_id": "1"})
+        await drained(conn)
+        assert closes(out) == [(4401, "")]
