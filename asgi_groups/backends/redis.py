@@ -285,25 +285,3 @@ class RedisBackend(Backend):
     def __repr__(self) -> str:
         state = "down" if self.down else "up"
         return f"<RedisBackend {safe_url(self.url)} prefix={self.prefix!r} {state}>"
-
-    # -- for tests that watch the parts at work ----------------------------------------------
-
-    @property
-    def _reader(self) -> asyncio.Task[None] | None:
-        return self._listener.reader
-
-    @property
-    def _supervisor(self) -> asyncio.Task[None] | None:
-        return self._listener.supervisor
-
-    @property
-    def _unsubscriber(self) -> asyncio.Task[None] | None:
-        return self._subscriptions.unsubscriber
-
-    @property
-    def _marked(self) -> int:
-        return self._presence.marked
-
-    @property
-    def _flushed(self) -> int:
-        return self._presence.flushed
