@@ -32,6 +32,7 @@ from asgi_groups.errors import BackendUnavailable
 from asgi_groups.messaging import LocalDirectory, StaticDirectory
 from asgi_groups.origin import OriginPolicy
 from asgi_groups.registry import PresenceEvent
+from asgi_groups.router import PresenceChanged, Router, Unsubscribe
 from asgi_groups.sync import SyncRegistry
 from asgi_groups.testing import WebSocketTestClient
 
@@ -640,3 +641,40 @@ async def test_a_control_message_without_code_or_reason_uses_the_defaults() -> N
         reg.backend.sink.control("disconnect_user", {"user_id": "1"})
         await drained(conn)
         assert closes(out) == [(4401, "")]
+
+
+# -- the router's membership of a connection in several groups ---------------------------------
+
+
+class Member:
+    def __init__(self, member_id: str, user_id: str | None) -> None:
+        self.id = member_id
+        self.user_id = user_id
+
+
+def test_leaving_one_of_three_groups_keeps_the_other_two() -> None:
+    router: Router[Member] = Router()
+    tab = Member("t1", "1")
+    router.connect(tab)
+    for group in ("a", "b", "c"):
+        router.join(tab, group)
+    router.leave(tab, "a")
+    assert router.groups_of(tab) == {"b", "c"}
+    router.leave(tab, "b")
+    assert router.groups_of(tab) == {"c"}
+    router.join(tab, "a")
+    assert router.groups_of(tab) == {"a", "c"}
+    assert set(router.disconnect(tab)) == {
+        Unsubscribe("g:a"),
+        Unsubscribe("g:c"),
+        Unsubscribe("u:1"),
+        PresenceChanged("a", "1", 0, "leave"),
+        PresenceChanged("c", "1", 0, "leave"),
+    }
+    assert router.counts == (0, 0, 0)
+
+
+def test_leaving_with_a_member_that_is_not_connected_changes_nothing() -> None:
+    router: Router[Member] = Router()
+    assert router.leave(Member("ghost", "1"), "a") == []
+    assert router.groups_of(Member("ghost", "1")) == frozenset()

@@ -295,8 +295,9 @@ async def test_a_round_closes_every_lapsed_socket_and_counts_them() -> None:
         app = GroupsMiddleware(
             Room.as_asgi(), reg, sessions=cookie, users=load, revalidate_every=3600
         )
-        tabs = [WebSocketTestClient(app, cookies={"session": str(i)}) for i in (4, 2, 1, 3)]
-        lisa, chuck, greg, mike = tabs
+        # checked in this order: valid, check fails, lapsed, lapsed
+        tabs = [WebSocketTestClient(app, cookies={"session": str(i)}) for i in (3, 4, 2, 1)]
+        mike, lisa, chuck, greg = tabs
         for ws in tabs:
             assert await ws.connect()
         flaky["fail"] = True  # lisa cannot be checked: kept
@@ -324,6 +325,23 @@ async def test_another_account_behind_the_same_session_closes_the_socket() -> No
             assert await app.revalidate() == 0
             users.remove(1)
             users.add(SimpleUser(1, "greg", is_authenticated=False))
+            assert await app.revalidate() == 1
+            assert await ws.receive_close() == codes.UNAUTHORIZED
+
+
+async def test_a_session_that_now_names_another_account_closes_the_socket() -> None:
+    accounts = {"1": PEOPLE[0]}
+
+    async def load(session: Any) -> Any:
+        return accounts.get(str(session.get("user_id")))
+
+    async with Registry() as reg:
+        app = GroupsMiddleware(
+            Room.as_asgi(), reg, sessions=Cookie(), users=load, revalidate_every=3600
+        )
+        async with WebSocketTestClient(app, cookies={"session": "1"}) as ws:
+            assert await app.revalidate() == 0
+            accounts["1"] = PEOPLE[1]  # logged in, but someone else
             assert await app.revalidate() == 1
             assert await ws.receive_close() == codes.UNAUTHORIZED
 

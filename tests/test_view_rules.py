@@ -81,7 +81,7 @@ class Recording(WsView):
 
     async def on_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.seen.append(("connect", scope, receive, send))
-        with pytest.raises(RuntimeError, match="the socket is not accepted yet"):
+        with pytest.raises(RuntimeError, match=r"^the socket is not accepted yet$"):
             await self.send_text("too early")
         await self.accept()
 
@@ -284,15 +284,21 @@ class Failing(MemoryBackend):
 
 class Grouped(WsView):
     groups = ["lobby"]
+    codes: ClassVar[list[int | None]] = []
+
+    async def on_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.codes.append(self.close_code)
 
 
 async def test_accepted_but_not_registered_closes_with_1011() -> None:
+    Grouped.codes = []
     async with Registry(backend=Failing()) as reg:
         app = behind(Grouped.as_asgi(), reg)
         async with WebSocketTestClient(app) as ws:
             message = await ws.receive()
             assert message == {"type": "websocket.close", "code": 1011}
         assert reg.stats().connections == 0
+    assert Grouped.codes == [1011]
 
 
 # -- inbound frames ----------------------------------------------------------------------------
