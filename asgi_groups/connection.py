@@ -51,6 +51,11 @@ def _no_groups(conn: Connection) -> frozenset[str]:
     return frozenset()
 
 
+def _cancel_unstarted(send: eager.Resumed) -> Callable[[asyncio.Task[None]], None]:
+    """A done callback: a writer cancelled before its first step still cancels its send."""
+    return lambda task: send.cancel()
+
+
 class Connection:
     """An accepted WebSocket whose frames go to an ASGI ``send``.
 
@@ -154,6 +159,8 @@ class Connection:
                 return FAILED
             if rest is not None:
                 self._writer = asyncio.get_running_loop().create_task(self._drain(rest))
+                if isinstance(rest, eager.Resumed):
+                    self._writer.add_done_callback(_cancel_unstarted(rest))
             return DELIVERED
         dropped = DELIVERED
         if queue is None:

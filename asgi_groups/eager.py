@@ -12,11 +12,14 @@ The contract of :func:`start`:
 * a coroutine that waits returns :class:`Resumed`: a task awaiting it receives the very value
   the coroutine yielded (the future it waits on), so the task waits exactly as if it had started
   the coroutine itself, and the task's cancellation is thrown into the coroutine;
-* any other awaitable (a Future) cannot be stepped and is returned as it is.
+* any other awaitable (a Future) cannot be stepped and is returned as it is;
+* a task that is cancelled before its first step never reaches the send: call
+  :meth:`Resumed.cancel` (e.g. from the task's done callback) to cancel it all the same.
 """
 
 from __future__ import annotations
 
+from asyncio import CancelledError
 from collections.abc import Awaitable, Coroutine, Generator
 from types import CoroutineType
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 __all__ = ["Resumed", "start"]
 
 _DONE = object()
+_DRIVEN = object()  # Resumed: a task has taken the send over (or it was cancelled)
 
 
 def start(awaitable: Awaitable[Any]) -> Awaitable[Any] | None:
@@ -47,8 +51,24 @@ class Resumed:
         self._coro = coro
         self._waiting = waiting
 
+    def cancel(self) -> None:
+        """Cancel the send if no task has driven it: a task cancelled before its first step
+        never throws the cancellation into what it was to await."""
+        if self._waiting is _DRIVEN:
+            return
+        self._waiting = _DRIVEN
+        try:
+            self._coro.throw(CancelledError())
+        except (StopIteration, CancelledError, Exception):
+            pass  # cancelled as asked, or it ended some other way: nothing is left to drive
+        finally:
+            self._coro.close()
+
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, waiting = self._coro, self._waiting
+        if waiting is _DRIVEN:
+            raise RuntimeError("a started send is driven once")
+        self._waiting = _DRIVEN
         while True:
             try:
                 value = yield waiting

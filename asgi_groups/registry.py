@@ -168,7 +168,11 @@ class Registry:
             on_closed=self._on_closed,
             groups_of=self._groups_of,
         )
-        await self._perform(self.router.connect(conn))
+        try:
+            await self._perform(self.router.connect(conn))
+        except BaseException:
+            conn.finish()  # the user channel could not be subscribed: leave nothing behind
+            raise
         return conn
 
     def attached(

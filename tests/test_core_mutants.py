@@ -479,11 +479,6 @@ async def test_a_send_that_waits_again_while_being_cancelled_finishes_its_cleanu
     assert steps == ["cancelled", "cleaned up"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a writer cancelled before its first step never throws the cancellation into the "
-    "send it took over: the send is closed (GeneratorExit) when the writer is dropped",
-)
 async def test_a_send_taken_over_by_a_writer_is_cancelled_when_the_connection_finishes() -> None:
     seen: list[str] = []
 

@@ -580,11 +580,6 @@ async def test_attached_finishes_the_connection_when_a_join_fails() -> None:
         assert reg.stats().connections == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Registry.connect registers the connection in the router before awaiting the "
-    "user channel's subscription and does not undo it when that await fails or is cancelled",
-)
 async def test_a_connect_the_backend_refuses_leaves_nothing_registered() -> None:
     backend = Recording()
     async with Registry(backend=backend) as reg:
