@@ -251,7 +251,9 @@ async def test_a_new_registry_is_memory_stopped_and_says_so() -> None:
     assert reg.started is False
     assert reg.loop is None
     assert repr(reg) == "<Registry memory:// connections=0>"
-    with pytest.raises(RegistryClosed, match=r"not started: use 'async with Registry\(\)'"):
+    with pytest.raises(
+        RegistryClosed, match=r"^the registry is not started: use 'async with Registry\(\)'$"
+    ):
         await reg.send_group("g", "x")
     with pytest.raises(RegistryClosed):
         await reg.connect(Outbox())
@@ -671,5 +673,7 @@ def test_leaving_one_of_three_groups_keeps_the_other_two() -> None:
 
 def test_leaving_with_a_member_that_is_not_connected_changes_nothing() -> None:
     router: Router[Member] = Router()
+    with pytest.raises(KeyError, match="is not connected"):
+        router.join(Member("ghost", "1"), "a")
     assert router.leave(Member("ghost", "1"), "a") == []
     assert router.groups_of(Member("ghost", "1")) == frozenset()

@@ -89,6 +89,8 @@ def test_every_entry_counts_whatever_its_position() -> None:
     assert allows(after_null, "https://a.example")
     after_domain = OriginPolicy([".one.example", "https://a.example", "https://*.two.example"])
     assert allows(after_domain, "https://a.example")
+    after_wildcard = OriginPolicy(["https://*.two.example", "https://b.example"])
+    assert allows(after_wildcard, "https://b.example")
     assert allows(after_domain, "https://x.two.example")
     assert allows(after_domain, "http://x.one.example")
 

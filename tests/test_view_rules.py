@@ -237,10 +237,12 @@ class Undecided(WsView):
 
 
 async def test_a_view_that_neither_accepts_nor_refuses_ends_at_once() -> None:
+    async def send(event: Any) -> None:
+        raise AssertionError(f"nothing is sent, got {event!r}")
+
     async with Registry() as reg:
-        communicator = ApplicationCommunicator(Undecided.as_asgi(reg), {"type": "websocket"})
-        await communicator.send_input({"type": "websocket.connect"})
-        await communicator.wait(3)  # the app returned: the server refuses the handshake
+        task, _ = await run_view(Undecided, reg, {}, send)
+        assert await task is None  # returned: the server refuses the handshake
         assert reg.stats().connections == 0
 
 
@@ -367,6 +369,7 @@ class Watch(WsView):
             await self.close(4001, "going")
 
     async def on_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "websocket" and callable(receive) and callable(send)
         self.disconnects.append(self.close_code)
 
 
