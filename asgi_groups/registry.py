@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import threading
@@ -400,14 +401,16 @@ class Registry:
                 logger.exception("presence callback %r failed", callback)
                 continue
             if inspect.isawaitable(result):
-                self._spawn(self._await_callback(callback, result))
+                # the callback's own awaitable is the task: cancelled at close() before it ran,
+                # it is still closed properly (no "never awaited" warning)
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(functools.partial(self._callback_done, callback))
 
-    @staticmethod
-    async def _await_callback(callback: object, result: Awaitable[None]) -> None:
-        try:
-            await result
-        except Exception:
-            logger.exception("presence callback %r failed", callback)
+    def _callback_done(self, callback: object, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("presence callback %r failed", callback, exc_info=exc)
 
     # -- stats -------------------------------------------------------------------------------
 

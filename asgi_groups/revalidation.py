@@ -98,4 +98,4 @@ class Revalidator:
         if not session:
             return False
         user = await self._load_user(session)
-        return user.is_authenticated and user.id == watched.user_id
+        return user.is_authenticated and str(user.id) == str(watched.user_id)  # ids as strings

@@ -200,3 +200,23 @@ async def test_the_revalidation_loop_logs_a_failed_round_and_goes_on(
     assert revalidator.rounds >= 2
     messages = [r.getMessage() for r in caplog.records if r.name == "asgi_groups.revalidation"]
     assert messages[0].startswith("revalidation round failed")
+
+
+async def test_revalidation_compares_user_ids_as_strings() -> None:
+    """A loader that gives the id as 1 at the handshake and "1" later names the same user."""
+    calls = 0
+
+    async def load(session: Session) -> UserLike:
+        nonlocal calls
+        calls += 1
+        return SimpleUser(1 if calls == 1 else "1", "greg")
+
+    async with Registry() as registry:
+        app = GroupsMiddleware(
+            Hello.as_asgi(), registry, sessions=BreakableCookie(), users=load, revalidate_every=3600
+        )
+        greg = WebSocketTestClient(app, cookies={"session": "1"})
+        async with greg:
+            await greg.receive_json()
+            assert await app.revalidate() == 0
+            assert await greg.receive_nothing()  # still open

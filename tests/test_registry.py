@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -350,3 +351,47 @@ async def test_no_coalescing_by_default() -> None:
             await reg.send_user(1, str(i))
         await drained(conn)
         assert out.texts == ["0", "1", "2", "3", "4"]
+
+
+async def test_async_presence_callbacks_run_and_their_failures_are_logged() -> None:
+    seen: list[str] = []
+    failure_logged = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "presence callback" in record.getMessage() and record.exc_info:
+                failure_logged.set()
+
+    async def good(event: Any) -> None:
+        seen.append(event["event"])
+
+    async def bad(event: Any) -> None:
+        raise RuntimeError("callback bug")
+
+    handler = Watch()
+    logging.getLogger("asgi_groups").addHandler(handler)
+    try:
+        async with Registry() as reg:
+            reg.on_presence(good)
+            reg.on_presence(bad)
+            conn, _ = await tab(reg, 1)
+            await reg.join(conn, "room")
+            await failure_logged.wait()  # the failing callback is logged, not raised
+    finally:
+        logging.getLogger("asgi_groups").removeHandler(handler)
+    assert seen == ["join"]
+
+
+@pytest.mark.filterwarnings("error:coroutine .* was never awaited:RuntimeWarning")
+async def test_presence_callbacks_not_yet_run_at_close_leave_no_warning() -> None:
+    """A callback whose task had not run when the registry closed is cancelled cleanly."""
+
+    async def slow(event: Any) -> None:
+        await asyncio.sleep(0)
+
+    reg = Registry()
+    await reg.start()
+    reg.on_presence(slow)
+    conn, _ = await tab(reg, 1)
+    await reg.join(conn, "room")
+    await reg.close()
