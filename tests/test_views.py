@@ -11,6 +11,8 @@ from asgi_groups import GroupsMiddleware, InMemoryUsers, Registry, SimpleUser, W
 from asgi_groups.testing import WebSocketTestClient
 from asgi_groups.types import Receive, Scope, Send
 
+from .support.codecs import PlainCookie
+
 USERS = InMemoryUsers(
     [
         SimpleUser(1, "greg", frozenset({"boys"})),
@@ -18,18 +20,6 @@ USERS = InMemoryUsers(
         SimpleUser(3, "amanda", frozenset({"girls"})),
     ]
 )
-
-
-class PlainCookie:
-    """A stand-in codec: the cookie value is the user id (signing is tested elsewhere)."""
-
-    cookie_name = "session"
-
-    def decode(self, value: str) -> dict[str, Any] | None:
-        return {"user_id": value} if value.isdigit() else None
-
-    def encode(self, session: dict[str, Any]) -> str:
-        return str(session["user_id"])
 
 
 EVENTS: list[tuple[str, Any]] = []
