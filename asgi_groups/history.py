@@ -128,7 +128,7 @@ class History:
     ``limits.meta_ttl`` is forgotten entirely (:meth:`prune` sweeps them).
     """
 
-    __slots__ = ("_channels", "_generation", "_queued_bytes", "epoch", "limits")
+    __slots__ = ("_channels", "_generation", "_kept_bytes", "epoch", "limits")
 
     def __init__(
         self, limits: HistoryLimits | None = None, *, epoch: Callable[[], str] = new_epoch
@@ -139,7 +139,7 @@ class History:
         self.epoch = epoch()
         self._generation = 0
         self._channels: dict[str, _Channel] = {}
-        self._queued_bytes = 0
+        self._kept_bytes = 0
 
     def append(self, channel: str, frame: Frame, now: float) -> Position:
         """Keep ``frame`` as the next message of ``channel``; returns its position."""
@@ -148,9 +148,9 @@ class History:
         state.touched = now
         entries = state.entries
         entries.append(Entry(state.offset, frame, now))
-        self._queued_bytes += frame.size
+        self._kept_bytes += frame.size
         if len(entries) > self.limits.size:
-            self._queued_bytes -= entries.popleft().frame.size
+            self._kept_bytes -= entries.popleft().frame.size
         return self._position(state)
 
     def top(self, channel: str, now: float) -> Position:
@@ -204,7 +204,7 @@ class History:
     def stats(self) -> dict[str, int]:
         """Channels with a position, messages and bytes kept."""
         messages = sum(len(state.entries) for state in self._channels.values())
-        return {"channels": len(self._channels), "messages": messages, "bytes": self._queued_bytes}
+        return {"channels": len(self._channels), "messages": messages, "bytes": self._kept_bytes}
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class History:
         horizon = now - self.limits.ttl
         entries = state.entries
         while entries and entries[0].at <= horizon:
-            self._queued_bytes -= entries.popleft().frame.size
+            self._kept_bytes -= entries.popleft().frame.size
         return state.touched <= now - self.limits.meta_ttl
 
     def _state(self, channel: str, now: float) -> _Channel:

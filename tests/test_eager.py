@@ -77,3 +77,47 @@ async def _await(awaitable: Any, started: asyncio.Event | None = None) -> Any:
     if started is not None:
         started.set()
     return await awaitable
+
+
+async def test_cancel_reaches_a_send_no_task_drove() -> None:
+    """A writer cancelled before its first step never awaits the send: cancel() cancels it."""
+    seen: list[str] = []
+
+    async def send() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    rest = eager.start(send())
+    assert isinstance(rest, eager.Resumed)
+    rest.cancel()
+    assert seen == ["cancelled"]
+    rest.cancel()  # once only
+    assert seen == ["cancelled"]
+    with pytest.raises(RuntimeError, match="driven once"):
+        await rest  # a cancelled send cannot be driven any more
+
+
+async def test_a_driven_send_is_not_cancelled_again_and_is_driven_once() -> None:
+    seen: list[str] = []
+    gate = asyncio.get_running_loop().create_future()
+
+    async def send() -> str:
+        try:
+            await gate
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return "sent"
+
+    rest = eager.start(send())
+    assert isinstance(rest, eager.Resumed)
+    task = asyncio.get_running_loop().create_task(_await(rest))
+    gate.set_result(None)
+    assert await task == "sent"
+    with pytest.raises(RuntimeError, match="driven once"):
+        await rest
+    rest.cancel()  # what a writer's done callback does: nothing left to cancel
+    assert seen == []
