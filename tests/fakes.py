@@ -41,3 +41,18 @@ async def drained(*conns: Connection) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("writers did not drain")
+
+
+def owner_task() -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A task standing in for the one that serves a socket, and an event set when it is
+    cancelled (what the library does to a socket whose close never completes)."""
+    cancelled = asyncio.Event()
+
+    async def owner() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    return asyncio.get_running_loop().create_task(owner()), cancelled

@@ -11,7 +11,7 @@ from asgi_groups import Connection, ConnectionClosed, QueueLimits, SimpleUser
 from asgi_groups.connection import DELIVERED, FAILED, NOT_OPEN, OVERFLOWED
 from asgi_groups.frames import Frame
 
-from .fakes import Outbox
+from .fakes import Outbox, owner_task
 
 
 def closed_log() -> tuple[list[Connection], Any]:
@@ -131,12 +131,8 @@ async def test_a_close_that_never_completes_tears_the_owner_down() -> None:
     async def send(event: Any) -> None:
         await stuck.wait()  # a client that never reads: nothing is ever written
 
-    async def owner() -> None:
-        await asyncio.Event().wait()  # the task serving the socket
-
-    task = asyncio.get_running_loop().create_task(owner())
+    task, cancelled = owner_task()
     conn = Connection(send, None, limits=QueueLimits(close_timeout=0.01), owner=task)
     conn.close()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled.wait()
     assert conn.killed

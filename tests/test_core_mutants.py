@@ -19,7 +19,7 @@ from asgi_groups.channels import MAX_GROUP_NAME, group_channel, user_channel, us
 from asgi_groups.connection import DELIVERED, NOT_OPEN, OVERFLOWED
 from asgi_groups.frames import Frame, encode, encode_json
 
-from .fakes import Outbox
+from .fakes import Outbox, owner_task
 
 
 class Stuck:
@@ -249,16 +249,7 @@ async def test_frames_after_a_writer_finished_are_written_too() -> None:
 
 async def test_the_teardown_cancels_the_owner_the_writer_and_no_one_else() -> None:
     send = Stuck()
-    owner_cancelled = asyncio.Event()
-
-    async def owner() -> None:
-        try:
-            await asyncio.get_running_loop().create_future()
-        except asyncio.CancelledError:
-            owner_cancelled.set()
-            raise
-
-    task = asyncio.get_running_loop().create_task(owner())
+    task, owner_cancelled = owner_task()
     conn = Connection(send, None, limits=QueueLimits(close_timeout=0.01), owner=task)
     conn.close()
     await owner_cancelled.wait()  # this test's own task is not the owner: it is not cancelled

@@ -36,7 +36,7 @@ from asgi_groups.router import PresenceChanged, Router, Unsubscribe
 from asgi_groups.sync import SyncRegistry
 from asgi_groups.testing import WebSocketTestClient
 
-from .fakes import Outbox, drained
+from .fakes import Outbox, drained, owner_task
 from .support.codecs import PlainCookie
 
 
@@ -297,19 +297,11 @@ async def test_close_cancels_and_waits_for_background_work() -> None:
 
 async def test_connect_passes_its_owner_to_the_connection() -> None:
     stuck = asyncio.Event()
-    owner_cancelled = asyncio.Event()
 
     async def send(event: Any) -> None:
         await stuck.wait()
 
-    async def owner() -> None:
-        try:
-            await asyncio.get_running_loop().create_future()
-        except asyncio.CancelledError:
-            owner_cancelled.set()
-            raise
-
-    task = asyncio.get_running_loop().create_task(owner())
+    task, owner_cancelled = owner_task()
     async with Registry(limits=QueueLimits(close_timeout=0.01)) as reg:
         conn = await reg.connect(send, None, owner=task)
         conn.close()
