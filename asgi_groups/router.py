@@ -102,7 +102,7 @@ class Router(Generic[M]):
         del self._by_id[member.id]
         effects: list[Effect] = []
         for group in groups:
-            self._left(member, group, effects)
+            self._left(member, group, group_channel(group), effects)
         user_id = member.user_id
         if user_id is not None:
             channel = user_channel(user_id)
@@ -131,18 +131,17 @@ class Router(Generic[M]):
 
     def leave(self, member: M, group: str) -> list[Effect]:
         """Take ``member`` out of ``group``; no effect if it is not there."""
-        group_channel(group)
+        channel = group_channel(group)
         mine = _names(self._members.get(member, ()))
         if group not in mine:
             return []
         rest = tuple(g for g in mine if g != group)
         self._members[member] = rest[0] if len(rest) == 1 else rest
         effects: list[Effect] = []
-        self._left(member, group, effects)
+        self._left(member, group, channel, effects)
         return effects
 
-    def _left(self, member: M, group: str, effects: list[Effect]) -> None:
-        channel = group_channel(group)
+    def _left(self, member: M, group: str, channel: str, effects: list[Effect]) -> None:
         if _discard(self._groups, channel, member):
             effects.append(Unsubscribe(channel))
         user_id = member.user_id
