@@ -17,11 +17,14 @@ class Frame:
     costs one encode and N deque appends.
     """
 
-    __slots__ = ("event", "size")
+    __slots__ = ("event", "json", "size")
 
-    def __init__(self, event: dict[str, Any], size: int) -> None:
+    def __init__(self, event: dict[str, Any], size: int, json: bool = False) -> None:
         self.event = event
         self.size = size
+        #: True when the text is one JSON document (the library encoded it), so that an
+        #: envelope can carry it as a value rather than as a string.
+        self.json = json
 
     @classmethod
     def text(cls, text: str) -> Frame:
@@ -64,4 +67,4 @@ def encode(message: Any) -> Frame:
 def encode_json(obj: Any) -> Frame:
     """Always JSON, even for ``str`` (``"hi"`` becomes the text frame ``"hi"`` with quotes)."""
     data = obj.__pydantic_serializer__.to_json(obj) if isinstance(obj, BaseModel) else to_json(obj)
-    return Frame({"type": "websocket.send", "text": data.decode("utf-8")}, len(data))
+    return Frame({"type": "websocket.send", "text": data.decode("utf-8")}, len(data), True)

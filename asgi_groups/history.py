@@ -32,6 +32,7 @@ __all__ = [
     "HistoryLimits",
     "Position",
     "Recovery",
+    "decide",
 ]
 
 Reason = Literal[
@@ -116,6 +117,30 @@ class _Channel:
         self.touched = 0.0
 
 
+def decide(
+    top: Position, position: Position, after: list[Entry], kept: int, limits: HistoryLimits
+) -> Recovery:
+    """The recovery answer from what a history holds, wherever it is kept.
+
+    ``top``: the channel's newest position. ``after``: the kept messages after
+    ``position.offset``, oldest first (the first may be later than the one that follows
+    ``position`` when older ones are gone). ``kept``: how many messages the channel keeps now.
+    """
+    if position.epoch != top.epoch:
+        return Recovery(False, top, reason=EPOCH_CHANGED)
+    if not 0 <= position.offset <= top.offset:
+        return Recovery(False, top, reason=FROM_THE_FUTURE)
+    missed = top.offset - position.offset
+    if missed == 0:
+        return Recovery(True, top)
+    if missed > limits.max_replay:
+        return Recovery(False, top, reason=REPLAY_CAP)
+    if not after or after[0].offset != position.offset + 1 or len(after) != missed:
+        aged = missed <= limits.size and kept < limits.size
+        return Recovery(False, top, reason=EXPIRED if aged else GAP_TOO_LARGE)
+    return Recovery(True, top, after)
+
+
 def new_epoch() -> str:
     """A fresh epoch name: 64 random bits, so that two histories never share one."""
     return secrets.token_hex(8)
@@ -168,23 +193,13 @@ class History:
         """
         state = self._state(channel, now)
         top = self._position(state)
-        if position.epoch != state.epoch:
-            same_process = position.epoch.startswith(self.epoch + ":")
-            return Recovery(False, top, reason=EXPIRED if same_process else EPOCH_CHANGED)
-        if not 0 <= position.offset <= top.offset:
-            return Recovery(False, top, reason=FROM_THE_FUTURE)
-        missed = top.offset - position.offset
-        if missed == 0:
-            return Recovery(True, top)
-        if missed > self.limits.max_replay:
-            return Recovery(False, top, reason=REPLAY_CAP)
+        if position.epoch != state.epoch and position.epoch.startswith(self.epoch + ":"):
+            return Recovery(False, top, reason=EXPIRED)  # this history forgot the channel
         entries = state.entries
         start = position.offset + 1
-        if not entries or entries[0].offset > start:
-            aged = missed <= self.limits.size and len(entries) < self.limits.size
-            return Recovery(False, top, reason=EXPIRED if aged else GAP_TOO_LARGE)
-        first = start - entries[0].offset
-        return Recovery(True, top, [entries[i] for i in range(first, len(entries))])
+        first = start - entries[0].offset if entries else 0
+        missed = [entries[i] for i in range(max(first, 0), len(entries))] if entries else []
+        return decide(top, position, missed, len(entries), self.limits)
 
     def latest(self, channel: str, count: int, now: float) -> list[Entry]:
         """Up to ``count`` newest kept messages of ``channel``, oldest first."""

@@ -26,6 +26,7 @@ from .channels import BROADCAST, MAX_GROUP_NAME, group_channel, user_channel, us
 from .connection import NOT_OPEN, Connection
 from .errors import ConnectionClosed, MessageTooLarge, RegistryClosed
 from .frames import Frame, encode
+from .history import Position
 from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_LIMITS, QueueLimits
 from .router import Effect, PresenceChanged, Router, Subscribe, Unsubscribe
 from .types import Send, UserLike
@@ -289,7 +290,9 @@ class Registry:
         await self.backend.publish(channel, frame, exclude_id)
         self._messages_sent += 1
 
-    def _deliver_local(self, channel: str, frame: Frame, exclude: str | None) -> int:
+    def _deliver_local(
+        self, channel: str, frame: Frame, exclude: str | None, position: Position | None = None
+    ) -> int:
         """Queue ``frame`` for every local recipient of ``channel``; returns how many took it.
 
         Connections that closed while taking it (slow reader, broken transport) leave the

@@ -15,9 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Literal, Protocol, TypedDict
 
+from ..errors import AsgiGroupsError
 from ..frames import Frame
+from ..history import Entry, HistoryLimits, Position, Recovery
 
-__all__ = ["BROADCAST", "Backend", "PresenceEvent", "Sink"]
+__all__ = ["BROADCAST", "Backend", "HistoryUnavailable", "PresenceEvent", "Sink"]
 
 BROADCAST = "*"
 
@@ -34,8 +36,13 @@ class PresenceEvent(TypedDict):
 class Sink(Protocol):
     """The local side of a registry, as a backend sees it: where received messages go."""
 
-    def deliver(self, channel: str, frame: Frame, exclude: str | None) -> int:
-        """Queue ``frame`` for the local subscribers of ``channel``; returns how many."""
+    def deliver(
+        self, channel: str, frame: Frame, exclude: str | None, position: Position | None = None
+    ) -> int:
+        """Queue ``frame`` for the local subscribers of ``channel``; returns how many.
+
+        ``position`` is the message's place in the channel's history, when it keeps one.
+        """
 
     def control(self, op: str, args: dict[str, Any]) -> None:
         """Apply a remote-control operation (e.g. ``disconnect_user``) to local connections."""
@@ -50,12 +57,27 @@ class Sink(Protocol):
         """A presence event from any process, for the registry's callbacks."""
 
 
+class HistoryUnavailable(AsgiGroupsError):
+    """This backend keeps no history (or history was not configured)."""
+
+
 class Backend(ABC):
-    """Transport between registries. ``bind`` is called once, before ``start``."""
+    """Transport between registries. ``bind`` is called once, before ``start``.
+
+    History (positions and recent messages per channel, for recovery) is optional:
+    :meth:`keep_history` turns it on; a backend that keeps it assigns a :class:`Position` to
+    every publish made with ``history=True`` and answers :meth:`recover` and :meth:`latest`.
+    """
 
     name = "backend"
     _watching_presence = False
     sink: Sink
+    #: The bounds of history, once :meth:`keep_history` was called.
+    history_limits: HistoryLimits | None = None
+
+    def keep_history(self, limits: HistoryLimits) -> None:
+        """Keep history within ``limits`` for the channels published with ``history=True``."""
+        self.history_limits = limits
 
     def bind(self, sink: Sink) -> None:
         """Attach the registry side that receives this backend's deliveries."""
@@ -68,8 +90,22 @@ class Backend(ABC):
         """Disconnect and release resources; called by ``Registry.close``."""
 
     @abstractmethod
-    async def publish(self, channel: str, frame: Frame, exclude: str | None) -> None:
-        """Deliver ``frame`` to every subscriber of ``channel`` in every process, once each."""
+    async def publish(
+        self, channel: str, frame: Frame, exclude: str | None, history: bool = False
+    ) -> Position | None:
+        """Deliver ``frame`` to every subscriber of ``channel`` in every process, once each.
+
+        With ``history`` (and history kept), the message is appended to the channel's history
+        and delivered with its position, which is returned.
+        """
+
+    async def recover(self, channel: str, position: Position) -> Recovery:
+        """What ``channel`` published after ``position``, or why that cannot be told."""
+        raise HistoryUnavailable(f"the {self.name} backend keeps no history")
+
+    async def latest(self, channel: str, count: int) -> tuple[Position, list[Entry]]:
+        """The channel's newest position and up to ``count`` newest kept messages."""
+        raise HistoryUnavailable(f"the {self.name} backend keeps no history")
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

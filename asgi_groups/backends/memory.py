@@ -1,22 +1,46 @@
-"""The default backend: one process, nothing to install."""
+"""The default backend: one process, nothing to install; history in ring buffers."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..frames import Frame
-from .base import Backend
+from ..history import Entry, History, HistoryLimits, Position, Recovery
+from .base import Backend, HistoryUnavailable
 
 __all__ = ["MemoryBackend"]
 
 
 class MemoryBackend(Backend):
-    """Delivers every publish straight to the local registry."""
+    """Delivers every publish straight to the local registry.
+
+    History lives in this process (:class:`~asgi_groups.history.History`): its epoch changes
+    when the process restarts, so clients of the previous process are told to reload.
+    """
 
     name = "memory"
+    _history: History | None = None
 
-    async def publish(self, channel: str, frame: Frame, exclude: str | None) -> None:
-        self.sink.deliver(channel, frame, exclude)
+    def keep_history(self, limits: HistoryLimits) -> None:
+        super().keep_history(limits)
+        self._history = History(limits)
+
+    async def publish(
+        self, channel: str, frame: Frame, exclude: str | None, history: bool = False
+    ) -> Position | None:
+        kept = self._history
+        position = kept.append(channel, frame, time.monotonic()) if history and kept else None
+        self.sink.deliver(channel, frame, exclude, position)
+        return position
+
+    async def recover(self, channel: str, position: Position) -> Recovery:
+        return self._kept().since(channel, position, time.monotonic())
+
+    async def latest(self, channel: str, count: int) -> tuple[Position, list[Entry]]:
+        kept = self._kept()
+        now = time.monotonic()
+        return kept.top(channel, now), kept.latest(channel, count, now)
 
     async def subscribe(self, channel: str) -> None:
         return None
@@ -29,3 +53,15 @@ class MemoryBackend(Backend):
 
     async def presence(self, group: str) -> dict[str, int]:
         return self.sink.presence(group)
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        if self._history is not None:
+            self._history.prune(time.monotonic())
+            stats["history"] = self._history.stats()
+        return stats
+
+    def _kept(self) -> History:
+        if self._history is None:
+            raise HistoryUnavailable("history is off: Registry(history=HistoryLimits(...))")
+        return self._history

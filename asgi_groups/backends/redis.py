@@ -27,6 +27,7 @@ from typing import Any, Literal, Unpack
 
 from ..errors import BackendUnavailable
 from ..frames import Frame
+from ..history import Position
 from .base import BROADCAST, Backend
 from .redis_client import (
     NETWORK_ERRORS,
@@ -197,9 +198,12 @@ class RedisBackend(Backend):
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def publish(self, channel: str, frame: Frame, exclude: str | None) -> None:
+    async def publish(
+        self, channel: str, frame: Frame, exclude: str | None, history: bool = False
+    ) -> Position | None:
         await self._publish(self.names.channel_key(channel), pack_frame(frame, exclude))
         self._published += 1
+        return None
 
     async def control(self, op: str, args: dict[str, Any]) -> None:
         await self._publish(self.names.control_key.decode(), pack_control(op, args))
