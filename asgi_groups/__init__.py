@@ -12,9 +12,11 @@ from .errors import (
     RegistryClosed,
 )
 from .frames import Frame
+from .history import HistoryLimits, Position, Recovery
 from .limits import QueueLimits
 from .middleware import GroupsMiddleware
 from .origin import OriginPolicy
+from .recoverable import RecoverableView
 from .registry import PresenceEvent, Registry, Stats
 from .request import Request
 from .sync import SyncRegistry
@@ -32,11 +34,15 @@ __all__ = [
     "ConnectionClosed",
     "Frame",
     "GroupsMiddleware",
+    "HistoryLimits",
     "InMemoryUsers",
     "MessageTooLarge",
     "OriginPolicy",
+    "Position",
     "PresenceEvent",
     "QueueLimits",
+    "RecoverableView",
+    "Recovery",
     "Registry",
     "RegistryClosed",
     "Request",

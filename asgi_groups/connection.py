@@ -23,6 +23,7 @@ from . import codes, eager
 from .errors import ConnectionClosed
 from .frames import Frame, encode
 from .limits import DEFAULT_QUEUE_LIMITS, QueueLimits
+from .stream import Stream
 from .types import Send, UserLike
 
 __all__ = ["DELIVERED", "FAILED", "NOT_OPEN", "OVERFLOWED", "Connection"]
@@ -82,6 +83,7 @@ class Connection:
         "id",
         "limits",
         "overflowed",
+        "stream",
         "user",
         "user_id",
     )
@@ -95,6 +97,7 @@ class Connection:
         owner: asyncio.Task[Any] | None = None,
         on_closed: ClosedCallback | None = None,
         groups_of: GroupsLookup = _no_groups,
+        stream: Stream | None = None,
     ) -> None:
         self.id = os.urandom(16).hex()  # 128 random bits, as uuid4 has, without the UUID
         self.user = user
@@ -107,6 +110,8 @@ class Connection:
         self.dropped = 0
         #: True once the connection was closed because its queue overflowed (a slow reader).
         self.overflowed = False
+        #: Positions and the resume hold of a recoverable connection (None: a plain one).
+        self.stream = stream
         self._send = send
         self._on_closed = on_closed
         self._groups_of = groups_of
@@ -216,6 +221,17 @@ class Connection:
             return
         await asyncio.wait({writer}, timeout=self.limits.close_timeout)
 
+    async def drained(self) -> None:
+        """Wait until every frame queued so far was handed to the server (or the socket closed).
+
+        Backpressure for whoever queues many frames at once (a replay on resume).
+        """
+        while self._state == OPEN:
+            writer = self._writer
+            if writer is None or writer is asyncio.current_task():
+                return
+            await asyncio.wait({writer})
+
     def finish(self) -> None:
         """Final cleanup once the socket is done: cancel timers and the writer.
 
@@ -253,6 +269,15 @@ class Connection:
                 dropped += 1
             self.dropped += dropped
             return dropped
+        return self.overflow()
+
+    def overflow(self) -> int:
+        """Close as a slow reader (1013, queue discarded); returns ``OVERFLOWED``.
+
+        Like :meth:`deliver`, never calls ``on_closed``: the caller acts on the outcome.
+        """
+        if self._state:
+            return NOT_OPEN
         logger.warning("closing slow connection %s: outbound queue full", self.id)
         self.overflowed = True
         self._abort(codes.TRY_AGAIN_LATER, "slow reader")

@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import codes
 from .backends import Backend, backend_from_url
-from .backends.base import PresenceEvent
+from .backends.base import HistoryUnavailable, PresenceEvent
 from .channels import BROADCAST, MAX_GROUP_NAME, group_channel, user_channel, user_key
 from .connection import NOT_OPEN, Connection
 from .errors import ConnectionClosed, MessageTooLarge, RegistryClosed
 from .frames import Frame, encode
-from .history import Position
+from .history import Entry, HistoryLimits, Position, Recovery
 from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_LIMITS, QueueLimits
 from .router import Effect, PresenceChanged, Router, Subscribe, Unsubscribe
+from .stream import Stream, message_frame
 from .types import Send, UserLike
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ class Registry:
     ``Registry()`` / ``Registry("memory://")`` is single-process; ``Registry("redis://…")``
     spans processes (``pip install 'asgi-groups[redis]'``). Use ``async with Registry() as r``
     or ``await r.start()`` / ``await r.close()``. User ids are compared as strings.
+
+    ``history`` (off by default) keeps the recent messages of every channel within its
+    :class:`~asgi_groups.history.HistoryLimits`, so that recoverable clients can resume;
+    ``history_for(channel)`` narrows it to some channels (``g:…``, ``u:…``, ``*``).
     """
 
     def __init__(
@@ -73,6 +78,8 @@ class Registry:
         *,
         limits: QueueLimits = DEFAULT_QUEUE_LIMITS,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        history: HistoryLimits | None = None,
+        history_for: Callable[[str], bool] | None = None,
         backend: Backend | None = None,
         **backend_options: Any,
     ) -> None:
@@ -82,6 +89,10 @@ class Registry:
         self.max_message_size = max_message_size
         self.backend = backend if backend is not None else backend_from_url(url, **backend_options)
         self.backend.bind(_Local(self))
+        self.history = history
+        self._history_for = history_for
+        if history is not None:
+            self.backend.keep_history(history)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._presence_callbacks: list[PresenceCallback] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,6 +166,7 @@ class Registry:
         *,
         owner: asyncio.Task[Any] | None = None,
         limits: QueueLimits | None = None,
+        stream: Stream | None = None,
     ) -> Connection:
         """Register an accepted socket whose frames go to ``send``; returns its Connection.
 
@@ -169,6 +181,7 @@ class Registry:
             owner=owner,
             on_closed=self._on_closed,
             groups_of=self._groups_of,
+            stream=stream,
         )
         try:
             await self._perform(self.router.connect(conn))
@@ -184,6 +197,7 @@ class Registry:
         groups: Iterable[str] = (),
         *,
         limits: QueueLimits | None = None,
+        stream: Stream | None = None,
     ) -> Attachment:
         """One accepted socket's time in the registry: ``async with registry.attached(...)``.
 
@@ -194,7 +208,7 @@ class Registry:
         """
         if user is not None and not user.is_authenticated:
             user = None
-        return Attachment(self, send, user, groups, limits)
+        return Attachment(self, send, user, groups, limits, stream)
 
     def get(self, connection_id: str) -> Connection | None:
         """The local connection with this id, if any."""
@@ -262,17 +276,24 @@ class Registry:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def send_group(self, group: str, message: Any, *, exclude: Exclude = None) -> None:
-        """Send to every connection in ``group``, in every process."""
-        await self._publish(group_channel(group), message, exclude)
+    async def send_group(
+        self, group: str, message: Any, *, exclude: Exclude = None
+    ) -> Position | None:
+        """Send to every connection in ``group``, in every process.
 
-    async def send_user(self, user_id: object, message: Any, *, exclude: Exclude = None) -> None:
+        Returns the message's position in the group's history (None when it keeps none).
+        """
+        return await self._publish(group_channel(group), message, exclude)
+
+    async def send_user(
+        self, user_id: object, message: Any, *, exclude: Exclude = None
+    ) -> Position | None:
         """Send to every connection (every tab, every process) of one user."""
-        await self._publish(user_channel(user_id), message, exclude)
+        return await self._publish(user_channel(user_id), message, exclude)
 
-    async def broadcast(self, message: Any, *, exclude: Exclude = None) -> None:
+    async def broadcast(self, message: Any, *, exclude: Exclude = None) -> Position | None:
         """Send to every connection in every process."""
-        await self._publish(BROADCAST, message, exclude)
+        return await self._publish(BROADCAST, message, exclude)
 
     def frame(self, message: Any) -> Frame:
         """Encode ``message`` once, refusing it when over ``max_message_size``."""
@@ -283,25 +304,48 @@ class Registry:
             )
         return frame
 
-    async def _publish(self, channel: str, message: Any, exclude: Exclude) -> None:
+    async def _publish(self, channel: str, message: Any, exclude: Exclude) -> Position | None:
         self._require_started()
         frame = self.frame(message)
         exclude_id = exclude.id if isinstance(exclude, Connection) else exclude
-        await self.backend.publish(channel, frame, exclude_id)
+        position = await self.backend.publish(
+            channel, frame, exclude_id, self.keeps_history(channel)
+        )
         self._messages_sent += 1
+        return position
+
+    def keeps_history(self, channel: str) -> bool:
+        """True when messages published on ``channel`` are kept for recovery."""
+        if self.history is None:
+            return False
+        return self._history_for is None or self._history_for(channel)
 
     def _deliver_local(
         self, channel: str, frame: Frame, exclude: str | None, position: Position | None = None
     ) -> int:
         """Queue ``frame`` for every local recipient of ``channel``; returns how many took it.
 
-        Connections that closed while taking it (slow reader, broken transport) leave the
-        indexes after the loop, never during it.
+        A recoverable connection gets the frame in an envelope with its channel and position
+        (built once), through its stream. Connections that closed while taking it (slow
+        reader, broken transport) leave the indexes after the loop, never during it.
         """
         delivered = 0
         closed: list[Connection] | None = None
+        envelope: Frame | None = None
         for conn in self.router.recipients(channel, exclude):
-            outcome = conn.deliver(frame)
+            stream = conn.stream
+            if stream is None:
+                outcome = conn.deliver(frame)
+            else:
+                if envelope is None:
+                    envelope = message_frame(channel, position, frame)
+                now = stream.offer(channel, position, envelope)
+                if now is not None:
+                    outcome = conn.deliver(now)
+                elif stream.overflowed:
+                    outcome = conn.overflow()
+                else:
+                    continue  # held for the resume in progress, or a duplicate
             if outcome >= 0:
                 delivered += 1
             elif outcome != NOT_OPEN:  # overflowed or failed: it is closing now
@@ -313,6 +357,36 @@ class Registry:
                 self._detach(conn)
         self._deliveries += delivered
         return delivered
+
+    # -- history -----------------------------------------------------------------------------
+
+    def channels_of(self, conn: Connection) -> list[str]:
+        """Every channel ``conn`` receives: its groups, its user, and broadcast."""
+        channels = [group_channel(group) for group in sorted(self.router.groups_of(conn))]
+        if conn.user_id is not None:
+            channels.append(user_channel(conn.user_id))
+        channels.append(BROADCAST)
+        return channels
+
+    async def recover(self, channel: str, position: Position) -> Recovery:
+        """What ``channel`` published after ``position``, or why that cannot be told.
+
+        ``HistoryUnavailable`` when the channel keeps no history. The caller decides who may
+        ask about which channel (a recoverable view: only its connection's channels).
+        """
+        self._require_started()
+        self._require_history(channel)
+        return await self.backend.recover(channel, position)
+
+    async def recent(self, channel: str, limit: int) -> tuple[Position, list[Entry]]:
+        """The newest position of ``channel`` and up to ``limit`` newest kept messages."""
+        self._require_started()
+        self._require_history(channel)
+        return await self.backend.latest(channel, limit)
+
+    def _require_history(self, channel: str) -> None:
+        if not self.keeps_history(channel):
+            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
 
     # -- presence and remote control ---------------------------------------------------------
 
@@ -439,7 +513,9 @@ class Registry:
         return f"<Registry {self.url} connections={len(self.router)}>"
 
 
-_Pending = tuple[Registry, Send, "UserLike | None", Iterable[str], "QueueLimits | None"]
+_Pending = tuple[
+    Registry, Send, "UserLike | None", Iterable[str], "QueueLimits | None", "Stream | None"
+]
 
 
 class Attachment:
@@ -457,16 +533,17 @@ class Attachment:
         user: UserLike | None,
         groups: Iterable[str],
         limits: QueueLimits | None,
+        stream: Stream | None = None,
     ) -> None:
         # what entering needs, dropped once entered: an open socket keeps two references
-        self._pending: _Pending | None = (registry, send, user, groups, limits)
+        self._pending: _Pending | None = (registry, send, user, groups, limits, stream)
         self.connection: Connection | None = None
 
     async def __aenter__(self) -> Connection:
         if self._pending is None:
             raise RuntimeError("an attachment is entered once")
-        (registry, send, user, groups, limits), self._pending = self._pending, None
-        conn = self.connection = await registry.connect(send, user, limits=limits)
+        (registry, send, user, groups, limits, stream), self._pending = self._pending, None
+        conn = self.connection = await registry.connect(send, user, limits=limits, stream=stream)
         try:
             for group in groups:
                 if not conn.is_open:

@@ -21,6 +21,7 @@ from .limits import DEFAULT_MAX_INBOUND_SIZE
 from .middleware import CONNECTION_KEY, REGISTRY_KEY, reject
 from .registry import Registry
 from .request import Request
+from .stream import Stream
 from .types import ASGIApp, Message, Receive, Scope, Send, UserLike
 
 __all__ = ["WsView", "groups_to_join"]
@@ -222,10 +223,16 @@ class WsView:
             message["headers"] = headers
         await self._send(message)
         self.accepted = True
-        attachment = self.registry.attached(self._send, self.user, self.initial_groups())
+        attachment = self.registry.attached(
+            self._send, self.user, self.initial_groups(), stream=self.new_stream()
+        )
         self.connection = await attachment.__aenter__()
         self._attachment = attachment
         self.scope[CONNECTION_KEY] = self.connection
+
+    def new_stream(self) -> Stream | None:
+        """The stream state of a recoverable connection; a plain view has none."""
+        return None
 
     def initial_groups(self) -> list[str]:
         """Groups joined on accept: ``groups`` plus, by default, the user's own groups."""

@@ -1,0 +1,246 @@
+"""``RecoverableView``: a ``WsView`` whose clients resume after a reconnect with nothing lost.
+
+It speaks the protocol of docs/PROTOCOL.md: messages published on the connection's channels
+arrive in ``ag.message`` envelopes with their position; a client that comes back says where it
+was (``ag.hello``) and gets what it missed, in order and none twice, or is told why not
+(``ag.welcome``). The channels are the server's choice, as for any view. Recovery needs the
+registry's history (``Registry(history=HistoryLimits())``); without it every channel says
+``"no history"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, ClassVar
+
+from . import codes
+from .backends.base import HistoryUnavailable
+from .errors import BackendUnavailable, ConnectionClosed
+from .frames import Frame
+from .history import Position
+from .stream import (
+    HELLO,
+    HISTORY,
+    PREFIX,
+    Stream,
+    error_frame,
+    history_frame,
+    parse_positions,
+    protocol_frame,
+)
+from .types import Receive, Scope, Send
+from .views import WsView
+
+__all__ = ["NOT_SUBSCRIBED", "NO_HISTORY", "NO_POSITION", "RecoverableView"]
+
+logger = logging.getLogger("asgi_groups.recoverable")
+
+#: Welcome reasons besides the history's own (``asgi_groups.history``).
+NO_HISTORY = "no history"
+NO_POSITION = "no position"
+NOT_SUBSCRIBED = "not subscribed"
+#: Close code for a protocol violation (a second hello).
+PROTOCOL_ERROR = 4400
+#: Longest ``id`` of a history request echoed back.
+MAX_REQUEST_ID = 64
+
+
+class RecoverableView(WsView):
+    """Subclass it like ``WsView``; frames that are not the protocol's reach ``on_receive``.
+
+    ``hello_timeout``: seconds to wait for the client's ``ag.hello`` before starting it as a
+    new client. ``max_history_limit``: most messages one ``ag.history`` request returns.
+    """
+
+    hello_timeout: ClassVar[float] = 5.0
+    max_history_limit: ClassVar[int] = 100
+
+    _hello_timer: asyncio.TimerHandle | None = None
+    _late_hello: asyncio.Task[None] | None = None
+    _hello_seen: bool = False
+
+    def new_stream(self) -> Stream:
+        return Stream(self.registry.limits.max_messages)
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        if self.accepted:
+            return
+        await super().accept(subprotocol, headers)
+        if self.connection is not None and self.connection.is_open:
+            self._hello_timer = asyncio.get_running_loop().call_later(
+                self.hello_timeout, self._no_hello
+            )
+
+    async def on_receive(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer the protocol's frames; hand every other frame to the view's own handler."""
+        text = self.kwargs.get("text")
+        if text is not None and PREFIX in text:
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and str(body.get("type", "")).startswith(PREFIX):
+                await self._protocol(body)
+                return
+        await self.on_message(scope, receive, send)
+
+    async def on_message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Called per application frame (not the protocol's); the ASGI message is in
+        ``self.kwargs``. The default passes it to the next class's ``on_receive``."""
+        await super().on_receive(scope, receive, send)
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    async def _protocol(self, body: dict[str, Any]) -> None:
+        kind = body["type"]
+        if kind == HELLO:
+            if self._hello_seen:
+                await self.close(PROTOCOL_ERROR, "protocol error: a second hello")
+                return
+            self._hello_seen = True
+            self._stop_hello_timer()
+            try:
+                positions = parse_positions(body.get("positions"))
+            except ValueError as exc:
+                await self._reply(error_frame("invalid", str(exc)))
+                await self._resume({}, valid=False)
+            else:
+                await self._resume(positions)
+        elif kind == HISTORY:
+            await self._history(body)
+        else:
+            await self._reply(error_frame("invalid", f"unknown protocol frame {kind[:40]!r}"))
+
+    def _no_hello(self) -> None:
+        """No hello in time: start the client as a new one (nothing to recover)."""
+        self._hello_timer = None
+        if not self._hello_seen:
+            self._hello_seen = True
+            self._late_hello = asyncio.get_running_loop().create_task(self._resume({}))
+
+    async def _resume(self, positions: dict[str, Position], *, valid: bool = True) -> None:
+        """Recover each channel the client gave a position for, then welcome and release."""
+        conn = self.connection
+        if conn is None or conn.stream is None or not conn.is_open:
+            return
+        stream, registry = conn.stream, self.registry
+        channels = registry.channels_of(conn)
+        statuses: dict[str, dict[str, Any]] = {}
+        replays: list[tuple[str, str, Any]] = []
+        recovered = valid
+        try:
+            for channel in channels:
+                position = positions.get(channel)
+                if not registry.keeps_history(channel):
+                    stream.start(channel, None)
+                    statuses[channel] = {"recovered": False, "reason": NO_HISTORY}
+                    recovered = recovered and position is None
+                    continue
+                if position is None:
+                    top, _ = await registry.recent(channel, 0)
+                    start = stream.subscribed_at(channel, top)
+                    stream.start(channel, start)
+                    statuses[channel] = _status(start, False, NO_POSITION)
+                    continue
+                answer = await registry.recover(channel, position)
+                if answer.recovered:
+                    stream.start(channel, position)
+                    replays.append((channel, answer.position.epoch, answer.entries))
+                    statuses[channel] = _status(position, True)
+                else:
+                    start = stream.subscribed_at(channel, answer.position)
+                    stream.start(channel, start)
+                    statuses[channel] = _status(start, False, answer.reason)
+                    recovered = False
+        except (BackendUnavailable, HistoryUnavailable) as exc:
+            logger.info("connection %s cannot resume now: %s", conn.id, exc)
+            conn.close(codes.TRY_AGAIN_LATER, "history unavailable; try again")
+            return
+        for channel in positions.keys() - statuses.keys():
+            statuses[channel] = {"recovered": False, "reason": NOT_SUBSCRIBED}
+        welcome = {
+            "type": "ag.welcome",
+            "connection": conn.id,
+            "user": conn.user_id,
+            "recovered": recovered,
+            "channels": statuses,
+        }
+        if not await self._reply(protocol_frame(welcome)):
+            return
+        for channel, epoch, entries in replays:
+            for frame in stream.replay(channel, epoch, entries):
+                if not await self._reply(frame):
+                    return
+                if conn.queued[0] * 2 >= conn.limits.max_messages:
+                    await conn.drained()  # a long replay waits for the client, not the queue
+        for frame in stream.release():
+            if not await self._reply(frame):
+                return
+
+    async def _history(self, body: dict[str, Any]) -> None:
+        request_id = body.get("id")
+        if not (
+            request_id is None
+            or (type(request_id) is int and abs(request_id) < 2**53)
+            or (isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID)
+        ):
+            await self._reply(error_frame("invalid", "id must be an integer or a short string"))
+            return
+        channel, limit = body.get("channel"), body.get("limit", self.max_history_limit)
+        conn = self.connection
+        if conn is None:
+            return
+        if type(limit) is not int or not 1 <= limit <= self.max_history_limit:
+            detail = f"limit must be an integer from 1 to {self.max_history_limit}"
+            await self._reply(error_frame("invalid", detail, request_id))
+            return
+        if not isinstance(channel, str) or channel not in self.registry.channels_of(conn):
+            detail = "not a channel of this connection"
+            await self._reply(error_frame("forbidden", detail, request_id))
+            return
+        try:
+            top, entries = await self.registry.recent(channel, limit)
+        except HistoryUnavailable as exc:
+            await self._reply(error_frame("no_history", str(exc), request_id))
+        except BackendUnavailable as exc:
+            await self._reply(error_frame("unavailable", str(exc), request_id))
+        else:
+            await self._reply(history_frame(request_id, channel, top, entries))
+
+    async def _reply(self, frame: Frame) -> bool:
+        """Queue a frame for this connection only; False once it is closing."""
+        conn = self.connection
+        if conn is None:
+            return False
+        try:
+            await conn.send(frame)
+        except ConnectionClosed:
+            return False
+        return True
+
+    def _stop_hello_timer(self) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+
+    async def _finish(
+        self, exc: BaseException | None, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        self._stop_hello_timer()
+        late = self._late_hello
+        if late is not None and not late.done():
+            late.cancel()
+        return await super()._finish(exc, scope, receive, send)
+
+
+def _status(position: Position, recovered: bool, reason: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "epoch": position.epoch,
+        "offset": position.offset,
+        "recovered": recovered,
+    }
+    if reason is not None:
+        status["reason"] = reason
+    return status

@@ -1,0 +1,268 @@
+"""Recovery through a real uvicorn server (memory backend): resume, reasons, history, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from asgi_groups import GroupsMiddleware, HistoryLimits, RecoverableView, Registry, WsView
+from asgi_groups.types import Receive, Scope, Send
+
+from .core_app import USERS
+from .support.codecs import PlainCookie
+from .support.protocol import Tally, hello, open_raw
+from .support.servers import serve
+
+GROUP = "g:lobby"
+
+
+class Room(RecoverableView):
+    """Joins ``lobby`` (and the user's groups); echoes application frames back as they are."""
+
+    login_required = True
+    groups = ["lobby"]
+    hello_timeout = 0.5
+
+    async def on_message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.send_json({"echo": json.loads(self.kwargs["text"])})
+
+
+class Plain(WsView):
+    login_required = True
+    groups = ["lobby"]
+
+
+def app_for(registry: Registry) -> Any:
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        view = Plain if scope["path"] == "/plain" else Room
+        await view.as_asgi()(scope, receive, send)
+
+    return GroupsMiddleware(route, registry, sessions=PlainCookie(), users=USERS)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[tuple[str, Registry]]:
+    registry = Registry(history=HistoryLimits(size=30, ttl=60, max_replay=40))
+    async with registry, serve(app_for(registry)) as address:
+        yield address, registry
+
+
+async def test_fresh_client_gets_positions_of_every_channel(hub: tuple[str, Registry]) -> None:
+    address, _ = hub
+    async with open_raw(address, 1) as ws:
+        welcome = await hello(ws)
+    assert welcome["recovered"] is True
+    assert welcome["user"] == "1"
+    assert set(welcome["channels"]) == {"g:boys", GROUP, "u:1", "*"}
+    for status in welcome["channels"].values():
+        assert status["recovered"] is False and status["reason"] == "no position"
+        assert status["offset"] == 0 and status["epoch"]
+
+
+async def test_reconnect_recovers_everything_missed_in_order(hub: tuple[str, Registry]) -> None:
+    """Cut off while 30 messages go to its group and 10 to it directly: all 40, once each."""
+    address, registry = hub
+    tally = Tally()
+    async with open_raw(address, 1) as ws:
+        tally.take_welcome(await hello(ws))
+        await registry.send_group("lobby", {"n": 0})
+        await tally.read(ws, 1)
+    for n in range(1, 31):
+        await registry.send_group("lobby", {"n": n})
+        if n % 3 == 0:
+            await registry.send_user(1, f"direct {n}")
+    async with open_raw(address, 1) as ws:
+        welcome = await hello(ws, tally.positions)
+        assert welcome["recovered"] is True
+        assert welcome["channels"][GROUP] == {**tally.positions[GROUP], "recovered": True}
+        await tally.read(ws, 40)
+        await registry.send_group("lobby", {"n": 31})  # live traffic follows the replay
+        await tally.read(ws, 1)
+    assert tally.messages[GROUP] == [{"n": n} for n in range(32)]
+    assert tally.messages["u:1"] == [f"direct {n}" for n in range(3, 31, 3)]
+
+
+async def test_resume_during_traffic_has_no_gap_and_no_duplicate() -> None:
+    """Publishes keep going while a client resumes again and again: each message exactly once."""
+    registry = Registry(history=HistoryLimits(size=5000, max_replay=5000))
+    total = 0
+    tally = Tally()
+    resumes = 0
+    async with registry, serve(app_for(registry)) as address:
+        async with open_raw(address, 2) as ws:
+            tally.take_welcome(await hello(ws))
+
+        async def publisher() -> None:
+            nonlocal total
+            while (resumes < 8 or total < 300) and total < 5000:
+                await registry.send_group("lobby", {"n": total})
+                total += 1
+                await asyncio.sleep(0)  # let the resumes interleave with the publishes
+
+        task = asyncio.create_task(publisher())
+        while not task.done():
+            async with open_raw(address, 2) as ws:
+                assert (await hello(ws, tally.positions))["recovered"] is True
+                resumes += 1
+                await tally.read(ws, 1)
+        await task
+        async with open_raw(address, 2) as ws:
+            assert (await hello(ws, tally.positions))["recovered"] is True
+            await tally.read(ws, total - len(tally.messages[GROUP]))
+    assert tally.messages[GROUP] == [{"n": n} for n in range(total)]
+    assert resumes >= 8  # the resumes really happened during the traffic
+
+
+@pytest.mark.parametrize(
+    ("missed", "position", "reason"),
+    [
+        (35, None, "gap larger than history"),  # history keeps 30
+        (45, None, "replay cap exceeded"),  # one recovery replays at most 40
+        (0, {"epoch": "0123456789abcdef:1", "offset": 0}, "epoch changed"),
+        (0, "future", "offset from the future"),
+    ],
+)
+async def test_what_cannot_be_recovered_is_said(
+    hub: tuple[str, Registry], missed: int, position: Any, reason: str
+) -> None:
+    address, registry = hub
+    tally = Tally()
+    async with open_raw(address, 1) as ws:
+        tally.take_welcome(await hello(ws))
+    for n in range(missed):
+        await registry.send_group("lobby", n)
+    mine = dict(tally.positions[GROUP])
+    if position == "future":
+        mine["offset"] += 5
+    elif position is not None:
+        mine = position
+    async with open_raw(address, 1) as ws:
+        welcome = await hello(ws, {**tally.positions, GROUP: mine})
+        tally.take_welcome(welcome)
+        status = welcome["channels"][GROUP]
+        assert welcome["recovered"] is False
+        assert status["recovered"] is False and status["reason"] == reason
+        top = await registry.recent(GROUP, 0)
+        assert status["offset"] == top[0].offset  # it goes on from the newest position
+        assert welcome["channels"]["u:1"]["recovered"] is True  # the other channels did recover
+        await registry.send_group("lobby", "after")
+        await tally.read(ws, 1)
+    assert tally.messages[GROUP] == ["after"]
+
+
+async def test_history_request_answers_the_newest_messages(hub: tuple[str, Registry]) -> None:
+    address, registry = hub
+    for n in range(60):
+        await registry.send_group("lobby", {"n": n})
+    async with open_raw(address, 1) as ws:
+        await hello(ws)
+        await ws.send(json.dumps({"type": "ag.history", "id": 7, "channel": GROUP, "limit": 5}))
+        answer = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "ag.history", "id": "x", "channel": "g:girls"}))
+        refused = json.loads(await ws.recv())
+    assert answer["type"] == "ag.history" and answer["id"] == 7
+    assert answer["offset"] == 60
+    assert [m["offset"] for m in answer["messages"]] == [56, 57, 58, 59, 60]
+    assert [m["data"] for m in answer["messages"]] == [{"n": n} for n in range(55, 60)]
+    assert refused == {
+        "type": "ag.error",
+        "error": "forbidden",
+        "detail": "not a channel of this connection",
+        "id": "x",
+    }
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [
+        "not an object",
+        {GROUP: {"epoch": 5, "offset": 1}},
+        {GROUP: {"epoch": "e" * 65, "offset": 1}},
+        {GROUP: {"epoch": "e", "offset": -1}},
+        {GROUP: {"epoch": "e", "offset": 2**70}},
+        {GROUP: {"epoch": "e", "offset": True}},
+    ],
+)
+async def test_malformed_resume_is_refused_plainly(
+    hub: tuple[str, Registry], positions: Any
+) -> None:
+    address, registry = hub
+    async with open_raw(address, 1) as other, open_raw(address, 3) as ws:
+        await hello(other)
+        await ws.send(json.dumps({"type": "ag.hello", "positions": positions}))
+        error = json.loads(await ws.recv())
+        welcome = json.loads(await ws.recv())
+        assert error["type"] == "ag.error" and error["error"] == "invalid"
+        assert welcome["type"] == "ag.welcome" and welcome["recovered"] is False
+        await registry.send_group("lobby", "still served")
+        assert json.loads(await other.recv())["data"] == "still served"
+        assert json.loads(await ws.recv())["data"] == "still served"
+
+
+async def test_positions_of_channels_not_received_are_ignored(hub: tuple[str, Registry]) -> None:
+    """Asking about another user's or group's channel never replays it."""
+    address, registry = hub
+    async with open_raw(address, 1) as ws:
+        fresh = await hello(ws)
+    await registry.send_user(3, "for amanda only")
+    await registry.send_group("girls", "for girls only")
+    epoch = fresh["channels"][GROUP]["epoch"]
+    async with open_raw(address, 1) as ws:
+        welcome = await hello(
+            ws,
+            {
+                "u:3": {"epoch": epoch, "offset": 0},
+                "g:girls": {"epoch": epoch, "offset": 0},
+            },
+        )
+        await registry.send_group("lobby", "mine")
+        frame = json.loads(await ws.recv())
+    assert welcome["channels"]["u:3"] == {"recovered": False, "reason": "not subscribed"}
+    assert welcome["channels"]["g:girls"] == {"recovered": False, "reason": "not subscribed"}
+    assert frame["data"] == "mine"
+
+
+async def test_second_hello_closes_4400_and_others_stay(hub: tuple[str, Registry]) -> None:
+    address, _ = hub
+    async with open_raw(address, 2) as other, open_raw(address, 1) as ws:
+        await hello(other)
+        await hello(ws)
+        await ws.send(json.dumps({"type": "ag.hello"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+        await other.send(json.dumps({"ping": 1}))
+        assert json.loads(await other.recv()) == {"echo": {"ping": 1}}
+
+
+async def test_no_hello_starts_a_new_client_after_the_timeout(hub: tuple[str, Registry]) -> None:
+    address, registry = hub
+    async with open_raw(address, 1) as ws:
+        await registry.send_group("lobby", "held until the welcome")
+        welcome = json.loads(await ws.recv())
+        assert welcome["type"] == "ag.welcome"
+        assert json.loads(await ws.recv())["data"] == "held until the welcome"
+
+
+async def test_plain_view_frames_stay_the_apps_own(hub: tuple[str, Registry]) -> None:
+    address, registry = hub
+    async with open_raw(address, 1, path="/plain") as ws:
+        position = await registry.send_group("lobby", {"n": 1})
+        assert json.loads(await ws.recv()) == {"n": 1}
+    assert position is not None and position.offset == 1
+
+
+async def test_without_history_every_channel_says_so() -> None:
+    registry = Registry()
+    async with registry, serve(app_for(registry)) as address, open_raw(address, 1) as ws:
+        welcome = await hello(ws, {GROUP: {"epoch": "e:1", "offset": 3}})
+        await registry.send_group("lobby", [1, 2])
+        frame = json.loads(await ws.recv())
+    assert welcome["recovered"] is False
+    assert welcome["channels"][GROUP] == {"recovered": False, "reason": "no history"}
+    assert frame == {"type": "ag.message", "channel": GROUP, "data": [1, 2]}
