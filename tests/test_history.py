@@ -198,3 +198,20 @@ class HistoryMachine(RuleBasedStateMachine):
 
 TestHistoryMachine = HistoryMachine.TestCase
 TestHistoryMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+async def test_memory_backend_forgets_idle_channels_while_publishing() -> None:
+    """History memory stays bounded: channels idle past meta_ttl go in a later publish's sweep."""
+    from asgi_groups import Registry
+    from asgi_groups.backends.memory import PRUNE_EVERY, MemoryBackend
+
+    clock = [1000.0]
+    backend = MemoryBackend(clock=lambda: clock[0])
+    registry = Registry(history=HistoryLimits(size=5, ttl=1, meta_ttl=1), backend=backend)
+    async with registry:
+        for n in range(50):
+            await registry.send_group(f"room{n}", "x")
+        assert registry.stats().backend["history"]["channels"] == 50
+        clock[0] += PRUNE_EVERY + 2
+        await registry.send_group("busy", "y")
+        assert registry.stats().backend["history"] == {"channels": 1, "messages": 1, "bytes": 1}

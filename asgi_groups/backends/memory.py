@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..frames import Frame
@@ -10,6 +11,9 @@ from ..history import Entry, History, HistoryLimits, Position, Recovery
 from .base import Backend, HistoryUnavailable
 
 __all__ = ["MemoryBackend"]
+
+#: Seconds between sweeps of expired history (made while publishing).
+PRUNE_EVERY = 60.0
 
 
 class MemoryBackend(Backend):
@@ -21,6 +25,11 @@ class MemoryBackend(Backend):
 
     name = "memory"
     _history: History | None = None
+    _pruned = 0.0
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Seconds, for history ages (injectable so that expiry can be tested without waiting).
+        self.clock = clock
 
     def keep_history(self, limits: HistoryLimits) -> None:
         super().keep_history(limits)
@@ -30,16 +39,22 @@ class MemoryBackend(Backend):
         self, channel: str, frame: Frame, exclude: str | None, history: bool = False
     ) -> Position | None:
         kept = self._history
-        position = kept.append(channel, frame, time.monotonic()) if history and kept else None
+        position = None
+        if history and kept is not None:
+            now = self.clock()
+            position = kept.append(channel, frame, now)
+            if now - self._pruned >= PRUNE_EVERY:  # idle channels go, within a minute of ttl
+                self._pruned = now
+                kept.prune(now)
         self.sink.deliver(channel, frame, exclude, position)
         return position
 
     async def recover(self, channel: str, position: Position) -> Recovery:
-        return self._kept().since(channel, position, time.monotonic())
+        return self._kept().since(channel, position, self.clock())
 
     async def latest(self, channel: str, count: int) -> tuple[Position, list[Entry]]:
         kept = self._kept()
-        now = time.monotonic()
+        now = self.clock()
         return kept.top(channel, now), kept.latest(channel, count, now)
 
     async def subscribe(self, channel: str) -> None:
@@ -57,7 +72,7 @@ class MemoryBackend(Backend):
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
         if self._history is not None:
-            self._history.prune(time.monotonic())
+            self._history.prune(self.clock())
             stats["history"] = self._history.stats()
         return stats
 
