@@ -17,6 +17,7 @@ from asgi_groups.backends.redis import (
     safe_url,
     unpack_frame,
 )
+from asgi_groups.history import Position
 from asgi_groups.publish import publish_once
 from tests.support.redis import (
     GUARD,
@@ -48,11 +49,12 @@ def test_envelope_round_trips_text_binary_and_exclude() -> None:
     text = Frame.text("héllo ☃")
     data = pack_frame(text, "ab" * 16)
     assert data[0] == ENVELOPE_VERSION and data[1] == 0 and data[2] == 32
-    frame, exclude = unpack_frame(data)
+    frame, exclude, position = unpack_frame(data)
     assert frame.event == text.event and frame.size == text.size and exclude == "ab" * 16
+    assert position is None
 
     binary = Frame.binary(b"\x00\x01\xff")
-    frame, exclude = unpack_frame(pack_frame(binary, None))
+    frame, exclude, position = unpack_frame(pack_frame(binary, None))
     assert frame.event == binary.event and frame.size == 3 and exclude is None
 
 
@@ -347,7 +349,9 @@ async def test_a_failing_delivery_does_not_stop_the_listener(make: MakeRegistry)
     await a.join(conn, "boys")
     deliver = backend(a).sink.deliver
 
-    def broken(channel: str, frame: Frame, exclude: str | None) -> int:
+    def broken(
+        channel: str, frame: Frame, exclude: str | None, position: Position | None = None
+    ) -> int:
         raise RuntimeError("bug in a delivery")
 
     backend(a).sink.deliver = broken  # type: ignore[method-assign]

@@ -11,10 +11,15 @@ working), fires ``on_backend_down``, and reconnects with capped, jittered expone
 re-subscribing every channel before ``on_backend_up`` fires. Pub/sub is at-most-once: what is
 published during an outage is lost.
 
+With :meth:`~RedisBackend.keep_history`, a publish with ``history=True`` is kept in a capped
+Redis stream per channel and published with its position by one Lua script, so that a client
+reconnecting through any process recovers what it missed (:mod:`.redis_history`).
+
 This module composes the parts, one job each: :mod:`.redis_wire` (envelopes, channel and key
 names), :mod:`.redis_client` (settings, URLs, the two clients), :mod:`.redis_subscriptions`
 (which channels are subscribed, barrier PINGs), :mod:`.redis_listener` (the supervised listener
-and the up/down state) and :mod:`.redis_presence` (presence write-behind, heartbeats, pruning).
+and the up/down state), :mod:`.redis_presence` (presence write-behind, heartbeats, pruning) and
+:mod:`.redis_history` (positions, kept messages, recovery).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Literal, Unpack
 
+from redis.asyncio import Redis
+
 from ..errors import BackendUnavailable
 from ..frames import Frame
-from ..history import Position
-from .base import BROADCAST, Backend
+from ..history import Entry, HistoryLimits, Position, Recovery
+from .base import BROADCAST, Backend, HistoryUnavailable
 from .redis_client import (
     NETWORK_ERRORS,
     ClientOptions,
@@ -39,6 +46,7 @@ from .redis_client import (
     safe_url,
     settings,
 )
+from .redis_history import RedisHistory
 from .redis_listener import Listener, State, cancel_all
 from .redis_presence import Presence
 from .redis_subscriptions import Subscriptions
@@ -114,6 +122,7 @@ class RedisBackend(Backend):
         self._listener = Listener(
             self.names, self.timing, self._subscriptions, self._state, self._presence.rewrite
         )
+        self._history: RedisHistory | None = None
         self._published = 0
         self._errors = 0
 
@@ -201,9 +210,26 @@ class RedisBackend(Backend):
     async def publish(
         self, channel: str, frame: Frame, exclude: str | None, history: bool = False
     ) -> Position | None:
+        if history and self._history is not None:
+            return await self._publish_kept(self._history, channel, frame, exclude)
         await self._publish(self.names.channel_key(channel), pack_frame(frame, exclude))
         self._published += 1
         return None
+
+    async def _publish_kept(
+        self, kept: RedisHistory, channel: str, frame: Frame, exclude: str | None
+    ) -> Position:
+        """Append to the channel's history and publish with the position: one script."""
+        redis = self._reachable("the message was not sent")
+        try:
+            position = await kept.publish(redis, channel, frame, exclude)
+        except NETWORK_ERRORS as exc:
+            self._errors += 1
+            raise BackendUnavailable(
+                f"could not publish to Redis at {safe_url(self.url)}: {exc}"
+            ) from exc
+        self._published += 1
+        return position
 
     async def control(self, op: str, args: dict[str, Any]) -> None:
         await self._publish(self.names.control_key.decode(), pack_control(op, args))
@@ -221,6 +247,49 @@ class RedisBackend(Backend):
             raise BackendUnavailable(
                 f"could not publish to Redis at {safe_url(self.url)}: {exc}"
             ) from exc
+
+    # -- history -----------------------------------------------------------------------------
+
+    def keep_history(self, limits: HistoryLimits) -> None:
+        """Keep history in Redis, shared by every process on this prefix (same ``limits``)."""
+        super().keep_history(limits)
+        self._history = RedisHistory(self.names, limits)
+
+    async def recover(self, channel: str, position: Position) -> Recovery:
+        """What ``channel`` published after ``position``, from Redis (one atomic script)."""
+        kept = self._kept()
+        redis = self._reachable("history cannot be read")
+        try:
+            return await kept.recover(redis, channel, position)
+        except NETWORK_ERRORS as exc:
+            self._errors += 1
+            raise BackendUnavailable(
+                f"could not read history from Redis at {safe_url(self.url)}: {exc}"
+            ) from exc
+
+    async def latest(self, channel: str, count: int) -> tuple[Position, list[Entry]]:
+        """The channel's newest position and up to ``count`` newest kept messages."""
+        kept = self._kept()
+        redis = self._reachable("history cannot be read")
+        try:
+            return await kept.latest(redis, channel, count)
+        except NETWORK_ERRORS as exc:
+            self._errors += 1
+            raise BackendUnavailable(
+                f"could not read history from Redis at {safe_url(self.url)}: {exc}"
+            ) from exc
+
+    def _kept(self) -> RedisHistory:
+        if self._history is None:
+            raise HistoryUnavailable("history is off: Registry(history=HistoryLimits(...))")
+        return self._history
+
+    def _reachable(self, consequence: str) -> Redis:
+        """The command client, or ``BackendUnavailable`` while Redis is known to be down."""
+        redis = self._clients.commands
+        if redis is None or (self.down and self.listen):
+            raise BackendUnavailable(f"Redis at {safe_url(self.url)} is unreachable; {consequence}")
+        return redis
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -272,7 +341,7 @@ class RedisBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         listener = self._listener
-        return {
+        stats: dict[str, Any] = {
             "name": self.name,
             "process_id": self.process_id,
             "down": self.down,
@@ -285,6 +354,9 @@ class RedisBackend(Backend):
             "skipped": listener.skipped,
             "subscriptions": len(self._subscriptions.active),  # including broadcast and control
         }
+        if self._history is not None:
+            stats["history"] = self._history.stats()
+        return stats
 
     def __repr__(self) -> str:
         state = "down" if self.down else "up"

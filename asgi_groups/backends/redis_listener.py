@@ -273,9 +273,9 @@ class Listener:
                     self.presence_events += 1
                     self.sink.presence_event(event)
                 else:
-                    frame, exclude = unpack_frame(data)
+                    frame, exclude, position = unpack_frame(data)
                     self.received += 1
-                    self.sink.deliver(names.core_channel(channel), frame, exclude)
+                    self.sink.deliver(names.core_channel(channel), frame, exclude, position)
             except EnvelopeError as exc:
                 self.skipped += 1
                 logger.warning("skipping a message on %r: %s", channel, exc)

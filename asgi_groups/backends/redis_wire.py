@@ -3,13 +3,23 @@
 A frame travels in a binary envelope, its payload exactly as the sender encoded it once::
 
     byte 0      version (1)
-    byte 1      flags: bit 0 set = binary frame, else UTF-8 text; other bits reserved (0)
+    byte 1      flags: bit 0 (0x01) binary frame, else UTF-8 text;
+                       bit 1 (0x02) json: the text is one JSON document (``Frame.json``);
+                       bit 2 (0x04) positioned: the position follows the exclude id;
+                       other bits reserved (0)
     byte 2      n = length of the exclude connection id (0 = none)
     3 .. 3+n    exclude id (UTF-8)
-    3+n ..      payload
+    positioned only:
+      1 byte    m = length of the epoch
+      m bytes   epoch (ASCII)
+      8 bytes   offset, unsigned big-endian
+    ..          payload
 
-Control operations and presence events travel as the version byte followed by compact JSON.
-A listener skips (and counts) anything of another version.
+A positioned envelope is written by the history script in Redis (:mod:`.redis_history`), which
+alone knows the offset; :func:`pack_frame` builds the same bytes. Control operations and
+presence events travel as the version byte followed by compact JSON. A listener skips (and
+counts) anything of another version or with a reserved flag set, so a listener that predates a
+flag drops such messages loudly rather than misreading them.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..frames import Frame
+from ..history import Position
 from .base import PresenceEvent
 
 __all__ = [
@@ -28,9 +39,13 @@ __all__ = [
     "PRESENCE",
     "EnvelopeError",
     "Names",
+    "envelope_head",
+    "frame_flags",
     "pack_control",
     "pack_frame",
     "pack_json",
+    "payload_bytes",
+    "rebuild_frame",
     "unpack_control",
     "unpack_frame",
     "unpack_json",
@@ -42,6 +57,11 @@ DEFAULT_PREFIX = "asgi_groups"
 #: First byte of every message this backend publishes; a listener skips other versions.
 ENVELOPE_VERSION = 1
 FLAG_BINARY = 0x01
+FLAG_JSON = 0x02
+FLAG_POSITIONED = 0x04
+_KNOWN_FLAGS = FLAG_BINARY | FLAG_JSON | FLAG_POSITIONED
+#: Longest epoch a positioned envelope carries (one length byte).
+MAX_EPOCH = 255
 #: Longest ``exclude`` connection id an envelope carries (ids are 32 hex characters).
 MAX_EXCLUDE_ID = 255
 
@@ -92,40 +112,118 @@ class Names:
         """The key that says a process is alive (it expires with the process)."""
         return f"{self.prefix}:process:{process_id or self.process_id}"
 
+    def history_key(self, channel: str) -> str:
+        """The stream of ``channel``'s kept messages, entry ID ``<offset>-0``.
+
+        ``{channel}`` is a Redis Cluster hash tag: a channel's two keys share one slot, so one
+        script may touch both.
+        """
+        return f"{self.prefix}:{{{channel}}}:h"
+
+    def history_meta_key(self, channel: str) -> str:
+        """The hash ``{e: epoch, o: newest offset}`` of ``channel`` (same slot as its stream)."""
+        return f"{self.prefix}:{{{channel}}}:hm"
+
     def client_name(self) -> str:
         """``CLIENT SETNAME`` of this process's connections (printable ASCII only)."""
         name = f"{self.prefix}:{self.process_id}"
         return "".join(c if 32 < ord(c) < 127 else "_" for c in name)
 
 
-def pack_frame(frame: Frame, exclude: str | None) -> bytes:
-    """Encode ``frame`` (and the connection id to skip) into one envelope."""
+def frame_flags(frame: Frame) -> int:
+    """The envelope flags that say what kind of frame this is: binary, JSON text or text."""
+    if frame.event.get("text") is None:
+        return FLAG_BINARY
+    return FLAG_JSON if frame.json else 0
+
+
+def envelope_head(frame: Frame, exclude: str | None, *, positioned: bool = False) -> bytes:
+    """The envelope up to the exclude id included: what precedes the position and payload."""
+    excluded = exclude.encode() if exclude else b""
+    if len(excluded) > MAX_EXCLUDE_ID:
+        raise ValueError(f"exclude ids are at most {MAX_EXCLUDE_ID} bytes")
+    flags = frame_flags(frame) | (FLAG_POSITIONED if positioned else 0)
+    return bytes((ENVELOPE_VERSION, flags, len(excluded))) + excluded
+
+
+def pack_frame(frame: Frame, exclude: str | None, position: Position | None = None) -> bytes:
+    """Encode ``frame`` (and the connection id to skip, and its position) into one envelope."""
+    if position is not None:
+        head = envelope_head(frame, exclude, positioned=True)
+        return head + _place(position) + payload_bytes(frame)
     excluded = exclude.encode() if exclude else b""
     if len(excluded) > MAX_EXCLUDE_ID:
         raise ValueError(f"exclude ids are at most {MAX_EXCLUDE_ID} bytes")
     text: str | None = frame.event.get("text")
     if text is not None:
-        header = bytes((ENVELOPE_VERSION, 0, len(excluded)))
+        header = bytes((ENVELOPE_VERSION, FLAG_JSON if frame.json else 0, len(excluded)))
         return header + excluded + text.encode("utf-8", "surrogatepass")
     header = bytes((ENVELOPE_VERSION, FLAG_BINARY, len(excluded)))
     return header + excluded + bytes(frame.event["bytes"])
 
 
-def unpack_frame(data: bytes) -> tuple[Frame, str | None]:
-    """Decode an envelope into ONE frame shared by every local recipient, and the exclude id."""
+def _place(position: Position) -> bytes:
+    epoch = position.epoch.encode("ascii")
+    if len(epoch) > MAX_EPOCH:
+        raise ValueError(f"epochs are at most {MAX_EPOCH} bytes")
+    return bytes((len(epoch),)) + epoch + position.offset.to_bytes(8, "big")
+
+
+def payload_bytes(frame: Frame) -> bytes:
+    """The bytes ``frame`` carries, text encoded as UTF-8 (as the envelope holds them)."""
+    text: str | None = frame.event.get("text")
+    if text is None:
+        return bytes(frame.event["bytes"])
+    return text.encode("utf-8", "surrogatepass")
+
+
+def unpack_frame(data: bytes) -> tuple[Frame, str | None, Position | None]:
+    """Decode an envelope into ONE frame shared by every local recipient, the exclude id, and
+    the message's position in its channel's history (None when it has none)."""
     if len(data) < 3 or data[0] != ENVELOPE_VERSION:
         version = data[0] if data else None
         raise EnvelopeError(f"unknown envelope version {version!r}")
     flags = data[1]
-    if flags & ~FLAG_BINARY:
+    if flags & ~_KNOWN_FLAGS or (flags & FLAG_BINARY and flags & FLAG_JSON):
         raise EnvelopeError(f"unknown envelope flags {flags:#04x}")
     end = 3 + data[2]
+    if end > len(data):
+        raise EnvelopeError("truncated envelope")
     exclude = data[3:end].decode("utf-8", "replace") or None
-    payload = data[end:]
+    position = _position(data, end) if flags & FLAG_POSITIONED else None
+    if position is not None:
+        end += len(position.epoch) + 9
     if flags & FLAG_BINARY:
-        return Frame.binary(payload), exclude
-    text = payload.decode("utf-8", "surrogatepass")
-    return Frame({"type": "websocket.send", "text": text}, len(payload)), exclude
+        return Frame.binary(data[end:]), exclude, position
+    try:
+        text = data[end:].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError("a text frame that is not UTF-8") from exc
+    event = {"type": "websocket.send", "text": text}
+    return Frame(event, len(data) - end, (flags & FLAG_JSON) != 0), exclude, position
+
+
+def _position(data: bytes, start: int) -> Position:
+    """The position at ``start``: epoch length, epoch, 8-byte offset."""
+    if start >= len(data) or start + 9 + data[start] > len(data):
+        raise EnvelopeError("truncated position in envelope")
+    end = start + 1 + data[start]
+    try:
+        epoch = data[start + 1 : end].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError("an epoch that is not ASCII") from exc
+    return Position(epoch, int.from_bytes(data[end : end + 8], "big"))
+
+
+def rebuild_frame(flags: int, payload: bytes) -> Frame:
+    """The frame a payload and its kind flags stand for, as the sender encoded it."""
+    if flags & FLAG_BINARY:
+        return Frame.binary(payload)
+    try:
+        text = payload.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError("a text frame that is not UTF-8") from exc
+    return Frame({"type": "websocket.send", "text": text}, len(payload), bool(flags & FLAG_JSON))
 
 
 def pack_json(obj: object) -> bytes:
