@@ -707,12 +707,12 @@ class Client:
             status = info if isinstance(info, dict) else {}
             position = _position(status)
             held = self._received.get(channel)
-            if position is not None:
-                positions[channel] = position
-            elif held is not None:  # e.g. "no history": keep what was held
-                positions[channel] = held
             recovered = status.get("recovered") is True
             reason = status.get("reason")
+            if position is not None:
+                positions[channel] = position
+            elif held is not None and reason != "not subscribed":  # "no history": keep it
+                positions[channel] = held
             reason = reason if isinstance(reason, str) and not recovered else None
             statuses[channel] = ChannelStatus(recovered, reason, position)
         self._received = positions

@@ -20,6 +20,7 @@ from .backends.base import HistoryUnavailable
 from .errors import BackendUnavailable, ConnectionClosed
 from .frames import Frame
 from .history import Position
+from .limits import KiB
 from .stream import (
     HELLO,
     HISTORY,
@@ -51,11 +52,14 @@ class RecoverableView(WsView):
     """Subclass it like ``WsView``; frames that are not the protocol's reach ``on_receive``.
 
     ``hello_timeout``: seconds to wait for the client's ``ag.hello`` before starting it as a
-    new client. ``max_history_limit``: most messages one ``ag.history`` request returns.
+    new client. ``max_history_limit``: most messages one ``ag.history`` request returns;
+    ``max_history_bytes``: most payload bytes in one answer (the oldest are left out), so that
+    it fits a client's frame limit (the ``websockets`` library's default is 1 MiB).
     """
 
     hello_timeout: ClassVar[float] = 5.0
     max_history_limit: ClassVar[int] = 100
+    max_history_bytes: ClassVar[int] = 512 * KiB
 
     _hello_timer: asyncio.TimerHandle | None = None
     _late_hello: asyncio.Task[None] | None = None
@@ -207,7 +211,11 @@ class RecoverableView(WsView):
         except BackendUnavailable as exc:
             await self._reply(error_frame("unavailable", str(exc), request_id))
         else:
-            await self._reply(history_frame(request_id, channel, top, entries))
+            budget, first = self.max_history_bytes, len(entries)
+            while first and entries[first - 1].frame.size <= budget:
+                first -= 1
+                budget -= entries[first].frame.size
+            await self._reply(history_frame(request_id, channel, top, entries[first:]))
 
     async def _reply(self, frame: Frame) -> bool:
         """Queue a frame for this connection only; False once it is closing."""

@@ -457,3 +457,17 @@ async def test_saved_positions_resume_a_new_process(hub: tuple[str, Registry]) -
         assert (await second.recovered()).recovered is True
         await tally.read(second, 10)
     tally.check(GROUP, [*range(15)])
+
+
+async def test_positions_of_channels_no_longer_received_are_forgotten(
+    hub: tuple[str, Registry],
+) -> None:
+    """A client that moved on from a group stops asking about it, so its hellos stay small."""
+    address, _ = hub
+    async with client_for(address) as first:
+        kept = first.positions
+    stale = {**kept, "g:left-long-ago": kept[GROUP]}
+    async with client_for(address, positions=stale) as second:
+        status = (await second.recovered()).channels["g:left-long-ago"]
+        assert status.reason == "not subscribed"
+        assert set(second.positions) == set(kept)

@@ -266,3 +266,16 @@ async def test_without_history_every_channel_says_so() -> None:
     assert welcome["recovered"] is False
     assert welcome["channels"][GROUP] == {"recovered": False, "reason": "no history"}
     assert frame == {"type": "ag.message", "channel": GROUP, "data": [1, 2]}
+
+
+async def test_history_answers_fit_a_clients_frame_limit(hub: tuple[str, Registry]) -> None:
+    """Big messages: the answer holds the newest that fit in max_history_bytes, in order."""
+    address, registry = hub
+    for n in range(10):
+        await registry.send_group("lobby", str(n) * (200 * 1024))
+    async with open_raw(address, 1, max_size=2**20) as ws:
+        await hello(ws)
+        await ws.send(json.dumps({"type": "ag.history", "id": 1, "channel": GROUP, "limit": 10}))
+        answer = json.loads(await ws.recv())
+    assert [m["offset"] for m in answer["messages"]] == [9, 10]  # 2 x 200 KiB <= 512 KiB
+    assert answer["messages"][1]["data"][:3] == "999"

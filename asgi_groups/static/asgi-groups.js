@@ -650,10 +650,10 @@ export class GroupsClient extends EventTarget {
     const positions = new Map();
     for (const [channel, info] of Object.entries(channels)) {
       const held = this.#positions.get(channel);
-      if (isPosition(info)) positions.set(channel, { epoch: info.epoch, offset: info.offset });
-      else if (held !== undefined) positions.set(channel, held);
       const recovered = isObject(info) && info.recovered === true;
       const reason = isObject(info) && typeof info.reason === "string" ? info.reason : null;
+      if (isPosition(info)) positions.set(channel, { epoch: info.epoch, offset: info.offset });
+      else if (held !== undefined && reason !== "not subscribed") positions.set(channel, held);
       recovery[channel] = { recovered, reason: recovered ? null : reason };
     }
     this.#positions = positions;

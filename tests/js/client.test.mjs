@@ -135,6 +135,15 @@ test("a channel the welcome lists without a position keeps the position held", (
   assert.deepEqual(client.positions, { "g:room": { epoch: "e1", offset: 5 } });
 });
 
+test("a channel the connection no longer receives is forgotten, so hellos stay small", (t) => {
+  const storage = new FakeStorage({
+    [`asgi-groups:positions:${URL_}`]: JSON.stringify({ "g:old": { epoch: "e1", offset: 5 } }),
+  });
+  const { client, socket } = start(t, { storage });
+  socket.accept().receive(welcome({ "g:old": { recovered: false, reason: "not subscribed" } }, false));
+  assert.deepEqual(client.positions, {});
+});
+
 test("every welcome fires recovered, true when the server recovered everything", (t) => {
   const { socket, sockets, of, nextSocketAfter } = start(t);
   socket.accept().receive(welcome({ "g:room": { epoch: "e1", offset: 1, recovered: true } }));
