@@ -224,9 +224,10 @@ class Client:
     * ``min_delay`` (0.5) / ``max_delay`` (30): reconnect after a random delay in
       [0, min(max_delay, min_delay * 2**n)], n the attempts since the last welcome; after a
       close with 4408 or 4429, exactly ``max_delay``.
-    * ``max_handshake_failures`` (5): connection attempts in a row that fail before the socket
-      opens (refused, timed out, an HTTP error) after which the client stops in state
-      "failed"; None retries for ever. A handshake refused with HTTP 401 / 403 stops at once.
+    * ``max_handshake_failures`` (5): handshakes in a row answered with an HTTP 4xx error
+      (a wrong path, say) after which the client stops in state "failed"; None retries for
+      ever. HTTP 401 / 403 stop at once. Network failures and 5xx answers (a server
+      restarting, a proxy without a backend) never stop it: it retries with the backoff.
     * ``offline`` ("queue"): what :meth:`send` does while not open: "queue" keeps the frame
       (sent in order after the next welcome; dropped by :meth:`close`), "reject" raises
       :class:`NotConnected`. ``max_queued`` (100): frames kept; one more raises
@@ -544,13 +545,12 @@ class Client:
                     self._stop("failed", *self._last_close, status)
                     return
                 failure = f"HTTP {status}"
+                if 400 <= status < 500:  # an answer that will not change by itself
+                    failures += 1
             except (OSError, TimeoutError, EOFError, wsx.WebSocketException) as exc:
-                failure = str(exc) or type(exc).__name__
+                failure = str(exc) or type(exc).__name__  # the network or a restart: retry
             if failure is not None:
-                failures += 1
-                logger.info(
-                    "connecting to %s failed (%d in a row): %s", self.url, failures, failure
-                )
+                logger.info("connecting to %s failed: %s", self.url, failure)
                 limit = self.max_handshake_failures
                 if limit is not None and failures >= limit:
                     reason = f"{failures} connection attempts in a row failed; last: {failure}"

@@ -29,10 +29,12 @@ from asgi_groups.client import (
     OfflineQueueFull,
     State,
 )
+from asgi_groups.types import Receive, Scope, Send
 
 from .support.protocol import open_raw
 from .support.servers import serve
 from .support.tcpproxy import TcpProxy
+from .support.waiting import wait_until
 from .test_recovery import app_for
 
 GROUP = "g:lobby"
@@ -378,14 +380,40 @@ async def test_a_refused_handshake_is_terminal(proxied: tuple[TcpProxy, Registry
     assert proxy.accepted == 1
 
 
-async def test_handshake_failures_in_a_row_fail(proxied: tuple[TcpProxy, Registry]) -> None:
+async def test_network_failures_never_stop_the_client(proxied: tuple[TcpProxy, Registry]) -> None:
+    """Refused connections (a network down, a server restarting) are retried for ever."""
     proxy, _ = proxied
     proxy.refusing = True
-    client = client_for(proxy.address, max_handshake_failures=3)
-    with pytest.raises(ClientClosed) as closed:
-        await client.connect()
+    states: list[str] = []
+    client = client_for(proxy.address, max_handshake_failures=3, min_delay=0.01, max_delay=0.05)
+    client.on_state = states.append
+    task = asyncio.create_task(client.connect())
+    await wait_until(lambda: proxy.accepted >= 6, GUARD)  # twice the limit, and still trying
+    proxy.refusing = False
+    await asyncio.wait_for(task, GUARD)
+    try:
+        assert client.state == "open" and "failed" not in states
+    finally:
+        await client.close()
+
+
+async def test_http_errors_in_a_row_fail() -> None:
+    """A handshake answered with HTTP 404 again and again (a wrong URL) stops the client."""
+    attempts = 0
+
+    async def not_here(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal attempts
+        if scope["type"] == "websocket":
+            attempts += 1
+            await send({"type": "websocket.http.response.start", "status": 404, "headers": []})
+            await send({"type": "websocket.http.response.body", "body": b"no such socket"})
+
+    async with serve(not_here) as address:
+        client = client_for(address, max_handshake_failures=3, min_delay=0.01, max_delay=0.05)
+        with pytest.raises(ClientClosed) as closed:
+            await client.connect()
     assert (closed.value.state, closed.value.code) == ("failed", 1006)
-    assert proxy.accepted == 3
+    assert attempts == 3
 
 
 async def test_offline_sends_are_queued_bounded_and_flushed_in_order(
