@@ -239,8 +239,9 @@ class Client:
       ``history_timeout`` (10): for one :meth:`history` answer (``TimeoutError``).
       ``close_timeout`` (10): for a closing handshake. None: no limit, for each.
     * ``ping_interval`` (20) / ``ping_timeout`` (20): a ping every ``ping_interval``; no pong
-      within ``ping_timeout`` means the connection is dead (a cut without a close is noticed
-      after at most about the sum of the three). None disables pings.
+      within ``ping_timeout`` means the connection is dead: it is dropped at once, without a
+      closing handshake (a cut without a close is noticed within about the sum of the two).
+      None disables pings.
     * ``max_size`` (16 MiB): the largest frame accepted (a history answer holds up to
       ``limit`` messages); a larger one closes the socket (1009) and the client reconnects.
 
@@ -593,8 +594,7 @@ class Client:
             origin=Origin(self.origin) if self.origin is not None else None,
             additional_headers=self.headers,
             open_timeout=self.open_timeout,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            ping_interval=None,  # the client's own keepalive drops a dead link at once
             close_timeout=self.close_timeout,
             max_size=self.max_size,
             max_queue=None,  # read at all times: flow control is the client's own (max_pending)
@@ -609,6 +609,7 @@ class Client:
         own: tuple[int, str] | None = None
         code, reason = ABNORMAL, ""
         deadline = asyncio.timeout(self.welcome_timeout)
+        keepalive = asyncio.create_task(self._keepalive(ws)) if self.ping_interval else None
         try:
             hello = {"type": "ag.hello", "positions": _positions_json(self._received)}
             async with deadline:
@@ -628,6 +629,8 @@ class Client:
             own = (CLIENT_CLOSE, "no welcome")
             await ws.close(*own)
         finally:
+            if keepalive is not None:
+                keepalive.cancel()
             self._ws = None
             for future, _ in self._requests.values():
                 if not future.done():
@@ -635,6 +638,27 @@ class Client:
         if own is not None:
             return own[0], own[1], True
         return code, reason, False
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every ``ping_interval``; no pong within ``ping_timeout``: drop the link now.
+
+        (A closing handshake over a dead link would wait ``close_timeout`` more.)
+        """
+        assert self.ping_interval is not None
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            try:
+                pong = await ws.ping()
+                async with asyncio.timeout(self.ping_timeout):
+                    await pong
+            except TimeoutError:
+                logger.info(
+                    "no pong from %s in %s s: dropping the link", self.url, self.ping_timeout
+                )
+                ws.transport.abort()
+                return
+            except wsx.ConnectionClosed:
+                return
 
     async def _frame(
         self, ws: ClientConnection, raw: str | bytes, deadline: asyncio.Timeout

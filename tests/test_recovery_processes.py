@@ -15,10 +15,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from asgi_groups import HistoryLimits
+from asgi_groups.client import Client
 
 from .support.protocol import Tally, hello, open_raw
 from .support.redis import GUARD, MakeRegistry, RedisServer
 from .support.servers import serve_process
+from .support.tcpproxy import TcpProxy
 from .support.waiting import wait_until
 
 APP = "tests.redis_apps.recoverable_app:app"
@@ -32,10 +34,17 @@ def server(**env: str) -> Iterator[str]:
 
 
 async def send(address: str, group: str, count: int, first: int = 0) -> None:
+    """Publish ``{"n": first..}`` to ``group`` from the server process at ``address``."""
+    await _post(address, {"group": group, "n": count, "first": first})
+
+
+async def send_user(address: str, user: int, count: int) -> None:
+    await _post(address, {"user": user, "n": count})
+
+
+async def _post(address: str, params: dict[str, Any]) -> None:
     async with httpx.AsyncClient() as http:
-        response = await http.post(
-            f"http://{address}/send", params={"group": group, "n": count, "first": first}
-        )
+        response = await http.post(f"http://{address}/send", params=params)
         response.raise_for_status()
 
 
@@ -179,3 +188,45 @@ async def test_resumes_racing_publishes_through_redis_lose_and_repeat_nothing(
             assert (await hello(ws, tally.positions))["recovered"] is True
             await tally.read(ws, published - len(tally.messages[GROUP]))
     assert tally.messages[GROUP] == [{"n": n} for n in range(published)]
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_five_second_cut_loses_nothing(backend: str, redis_url: str, prefix: str) -> None:
+    """The client's TCP connection goes silent (not closed) for 5 s while 250 messages go to
+    its group and 250 to it directly; it reconnects (with Redis, through the OTHER process)
+    and has all 500, in order per channel, none twice, recovered."""
+    env = {"ASGI_GROUPS_HISTORY": "500,300,500"}
+    if backend == "redis":
+        env.update(ASGI_GROUPS_REDIS_URL=redis_url, ASGI_GROUPS_PREFIX=prefix)
+    count = 2 if backend == "redis" else 1
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(serve_process(APP, env=env))[0] for _ in range(count)]
+        async with TcpProxy(servers[0]) as proxy:
+            client = Client(
+                f"ws://{proxy.address}/ws",
+                headers={"Cookie": "session=1"},
+                origin=f"http://{proxy.address}",
+                min_delay=0.05,
+                max_delay=0.5,
+                ping_interval=0.5,
+                ping_timeout=0.5,
+            )
+            async with client:
+                first = await client.recovered()
+                proxy.stall()  # packets stop; nothing is closed
+                proxy.refusing = True  # and nothing new gets through for 5 s
+                await send(servers[-1], "lobby", 250)
+                await send_user(servers[-1], 1, 250)
+                await asyncio.sleep(5)  # the length of the outage, not a synchronisation
+                proxy.target = servers[-1]  # with Redis: back through the other process
+                proxy.refusing = False
+                again = await asyncio.wait_for(client.recovered(), GUARD)
+                received: dict[str | None, list[Any]] = {}
+                async with asyncio.timeout(GUARD):
+                    while len(received.get(GROUP, [])) + len(received.get("u:1", [])) < 500:
+                        message = await client.recv()
+                        received.setdefault(message.channel, []).append(message.data)
+    assert first.recovered is True
+    assert again.recovered is True, again
+    assert received[GROUP] == [{"n": n} for n in range(250)]
+    assert received["u:1"] == [{"n": n} for n in range(250)]

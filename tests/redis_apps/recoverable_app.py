@@ -4,7 +4,8 @@ Configured from the environment: ``ASGI_GROUPS_REDIS_URL`` (unset: the memory ba
 ``ASGI_GROUPS_PREFIX``, ``ASGI_GROUPS_HISTORY`` (``size,ttl,max_replay``) and
 ``ASGI_GROUPS_QUEUE`` (outbound queue limit, messages). Users come from the test cookie
 (``session=<id>``, users 1-3 of ``tests.core_app``); every socket joins ``lobby`` and its
-user's groups. ``POST /send?group=NAME&n=COUNT`` publishes ``{"n": i}`` from this process.
+user's groups. ``POST /send?group=NAME&n=COUNT`` (or ``user=ID``) publishes ``{"n": i}``
+from this process.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ class Room(RecoverableView):
 async def publish(scope: Scope, receive: Receive, send: Send) -> None:
     """``POST /send?group=NAME&n=COUNT``: ``{"n": 0}`` .. ``{"n": COUNT-1}`` to the group."""
     query = parse_qs(scope.get("query_string", b"").decode())
-    group, count = query["group"][0], int(query["n"][0])
-    first = int(query.get("first", ["0"])[0])
+    count, first = int(query["n"][0]), int(query.get("first", ["0"])[0])
     for n in range(first, first + count):
-        await registry.send_group(group, {"n": n})
+        if "user" in query:
+            await registry.send_user(query["user"][0], {"n": n})
+        else:
+            await registry.send_group(query["group"][0], {"n": n})
     await send({"type": "http.response.start", "status": 204, "headers": []})
     await send({"type": "http.response.body", "body": b""})
 
