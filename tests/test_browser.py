@@ -200,14 +200,23 @@ async def test_logout_stops_every_tab_of_that_user(browser: Browser, site: str) 
 
 
 async def test_page_splits_coalesced_frames_and_reconnects(browser: Browser, site: str) -> None:
-    """Against a scripted server: several JSON lines in one frame, a drop, then a 4401."""
+    """Against a scripted server: its answer to the client's hello is one frame of several JSON
+    lines (the welcome, frames to this socket alone, channel messages), then a drop, then a
+    4401."""
     context = await browser.new_context(base_url=site)
     connections: list[WebSocketRoute] = []
 
     async def fake_server(ws: WebSocketRoute) -> None:
         connections.append(ws)
         n = len(connections)
-        frames = [
+        welcome = {
+            "type": "ag.welcome",
+            "connection": f"c{n}",
+            "user": "1",
+            "recovered": True,
+            "channels": {"g:boys": {"recovered": False, "reason": "no history"}},
+        }
+        direct = [
             {
                 "type": "hello",
                 "user": "greg",
@@ -216,11 +225,27 @@ async def test_page_splits_coalesced_frames_and_reconnects(browser: Browser, sit
                 "users": [],
             },
             {"type": "presence", "group": "boys", "users": ["greg", "mike"]},
-            {"type": "group", "from": "mike", "text": f"line one of drop {n}", "group": "boys"},
-            {"type": "group", "from": "mike", "text": f"line two of drop {n}", "group": "boys"},
         ]
-        ws.send("\n".join(json.dumps(f) for f in frames))
-        await ws.close(code=1012 if n == 1 else 4401, reason="scripted")
+        chat = [
+            {
+                "type": "group",
+                "from": "mike",
+                "text": f"line {line} of drop {n}",
+                "group": "boys",
+                "id": f"drop{n}-{line}",
+                "ts": 1_700_000_000 + 10 * n + i,
+            }
+            for i, line in enumerate(("one", "two"))
+        ]
+        envelopes = [{"type": "ag.message", "channel": "g:boys", "data": c} for c in chat]
+
+        async def answer(message: str | bytes) -> None:
+            if json.loads(message).get("type") != "ag.hello":
+                return
+            ws.send("\n".join(json.dumps(f) for f in [welcome, *direct, *envelopes]))
+            await ws.close(code=1012 if n == 1 else 4401, reason="scripted")
+
+        ws.on_message(answer)
 
     await context.route_web_socket("**/ws", fake_server)
     page = await context.new_page()

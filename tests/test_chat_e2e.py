@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from asgi_groups import codes
 from asgi_groups.auth import SqlUserStore
+from asgi_groups.history import HistoryLimits
 from examples.chat.common import (
     DEFAULT_DATABASE_URL,
     DEV_SECRET_KEY,
@@ -106,6 +107,17 @@ async def test_pages_and_redirect_when_anonymous(site: Site) -> None:
         assert "text/html" in chat.headers["content-type"]
 
 
+async def test_the_browser_client_is_served(site: Site) -> None:
+    async with httpx.AsyncClient(base_url=site.base) as client:
+        script = await client.get("/asgi-groups.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "export class GroupsClient" in script.text
+        etag = script.headers["etag"]
+        again = await client.get("/asgi-groups.js", headers={"if-none-match": etag})
+        assert again.status_code == 304
+
+
 # -- handshake -----------------------------------------------------------------------------------
 
 
@@ -187,6 +199,23 @@ async def test_presence_lists_who_is_online(site: Site, tabs: list[Tab]) -> None
     }
 
 
+async def test_a_tab_that_comes_back_gets_what_it_missed(site: Site, tabs: list[Tab]) -> None:
+    tabs.append(chuck := await site.tab("chuck"))
+    tabs.append(mike := await site.tab("mike"))
+    await chuck.send({"type": "Group", "group": "boys", "text": "before"})
+    for tab in (chuck, mike):
+        assert (await tab.next())["text"] == "before"
+    await mike.close()
+    for text in ("while away 1", "while away 2"):
+        await chuck.send({"type": "Group", "group": "boys", "text": text})
+        assert (await chuck.next())["text"] == text
+    tabs.append(back := await site.tab("mike", mike.positions))
+    assert back.welcome is not None and back.welcome["recovered"] is True
+    await chuck.send({"type": "Group", "group": "boys", "text": "live again"})
+    texts = [(await back.next())["text"] for _ in range(3)]
+    assert texts == ["while away 1", "while away 2", "live again"]  # in order, none twice
+
+
 BAD_INPUTS: list[tuple[str | bytes, str]] = [
     ("{not json", "invalid_json"),
     (b"\xff\xfe\x00", "invalid_utf8"),
@@ -251,6 +280,9 @@ def test_config_from_env(caplog: pytest.LogCaptureFixture) -> None:
         "s3cret",
         "redis://127.0.0.1:6379/0",
     )
+    assert config.history == HistoryLimits() and config.registry().history == HistoryLimits()
+    off = ChatConfig.from_env({"CHAT_SECRET_KEY": "s3cret", "CHAT_HISTORY": "0"})
+    assert off.history is None and off.registry().history is None
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +357,8 @@ async def test_store_directory(store: SqlUserStore) -> None:
 def test_pages_are_self_contained_and_render_data_as_text() -> None:
     chat, login = page("chat.html"), page("login.html")
     assert "/*include" not in chat + login
-    assert "new WebSocket(" in chat and 'fetch("/login"' in login
+    assert 'from "/asgi-groups.js"' in chat and "new GroupsClient(" in chat
+    assert "new WebSocket(" not in chat and 'fetch("/login"' in login
     for html in (chat, login):
         assert "innerHTML" not in html and "insertAdjacentHTML" not in html
         assert "document.write" not in html and "eval(" not in html

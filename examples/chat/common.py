@@ -19,11 +19,16 @@ from typing import Any, NamedTuple
 
 from asgi_groups import Registry, codes
 from asgi_groups.auth import AuthUser, SqlUserStore, UserExists
+from asgi_groups.browser import ClientScript
+from asgi_groups.history import HistoryLimits
 from asgi_groups.messaging import MessagingView, UserRef
-from asgi_groups.types import ASGIApp
+from asgi_groups.recoverable import RecoverableView
+from asgi_groups.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
+    "CLIENT_SCRIPT_PATH",
     "DEFAULT_DATABASE_URL",
+    "DEFAULT_HISTORY",
     "DEV_SECRET_KEY",
     "SEED_USERS",
     "SESSION_KEY",
@@ -38,6 +43,7 @@ __all__ = [
     "page",
     "prepare_store",
     "session_for",
+    "with_client_script",
 ]
 
 logger = logging.getLogger("examples.chat")
@@ -47,6 +53,8 @@ DEV_SECRET_KEY = "chat-example-dev-secret-do-not-use-in-production"
 #: The session entry holding the logged-in user's id (what ``SqlUserStore.load`` reads).
 SESSION_KEY = "user_id"
 WS_PATH = "/ws"
+#: Where the apps serve the browser client the page imports (``asgi_groups.browser``).
+CLIENT_SCRIPT_PATH = "/asgi-groups.js"
 #: Largest login request body accepted, in bytes.
 MAX_LOGIN_BODY = 4096
 #: Longest username / password accepted at login.
@@ -56,6 +64,8 @@ MAX_PASSWORD = 1024
 DIRECTORY_TTL = 5.0
 #: A miss refreshes the directory at most this often, so unknown names cannot hammer the database.
 DIRECTORY_MIN_REFRESH = 1.0
+#: The history a chat keeps unless told otherwise: the library's defaults.
+DEFAULT_HISTORY = HistoryLimits()
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -73,11 +83,15 @@ class ChatConfig:
     allowed_origins: tuple[str, ...] | None = None  # None: same origin only
     #: Seconds between re-checks of open sockets (deactivated users are closed with 4401).
     revalidate_every: float | None = None
+    #: Recent messages kept per group, user and broadcast, so that a page that reconnects gets
+    #: what it missed and a page that loads shows the recent conversation; None: kept nowhere.
+    history: HistoryLimits | None = DEFAULT_HISTORY
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ChatConfig:
         """Read ``CHAT_DATABASE_URL``, ``CHAT_SECRET_KEY``, ``CHAT_REDIS_URL``,
-        ``CHAT_ALLOWED_ORIGINS`` (comma-separated) and ``CHAT_REVALIDATE_SECONDS``."""
+        ``CHAT_ALLOWED_ORIGINS`` (comma-separated), ``CHAT_REVALIDATE_SECONDS`` and
+        ``CHAT_HISTORY`` (``0`` turns history off; on by default, with ``HistoryLimits()``)."""
         env = os.environ if environ is None else environ
         secret = env.get("CHAT_SECRET_KEY", "").strip()
         if not secret:
@@ -92,11 +106,12 @@ class ChatConfig:
             redis_url=env.get("CHAT_REDIS_URL", "").strip() or None,
             allowed_origins=tuple(origins) or None,
             revalidate_every=_seconds(env.get("CHAT_REVALIDATE_SECONDS", "")),
+            history=None if env.get("CHAT_HISTORY", "").strip() == "0" else DEFAULT_HISTORY,
         )
 
     def registry(self) -> Registry:
-        """In memory (one process) unless ``redis_url`` is set."""
-        return Registry(self.redis_url)
+        """In memory (one process) unless ``redis_url`` is set; keeping ``history``."""
+        return Registry(self.redis_url, history=self.history)
 
     def store(self) -> SqlUserStore:
         return SqlUserStore(self.database_url, session_key=SESSION_KEY)
@@ -265,8 +280,12 @@ class StoreDirectory:
         return sorted(snap.groups), sorted(snap.by_id.values(), key=str.casefold)
 
 
-class ChatView(MessagingView):
+class ChatView(RecoverableView, MessagingView):
     """The chat endpoint: the messaging protocol over the users and groups of a store.
+
+    It speaks the recoverable protocol (docs/PROTOCOL.md): group, direct and broadcast messages
+    and presence reach the page in ``ag.message`` envelopes, and a page that reconnects gets
+    what it missed; ``hello`` and ``error`` frames are sent to one socket, as they are.
 
     Mount ``ChatView.as_asgi(store=store)`` (an ASGI app) or the class ``chat_view(store)``.
     """
@@ -287,6 +306,23 @@ def chat_view(store: SqlUserStore) -> type[ChatView]:
         directory = StoreDirectory(store)
 
     return StoreChatView
+
+
+# -- the browser client ------------------------------------------------------------------------
+
+
+def with_client_script(app: ASGIApp, path: str = CLIENT_SCRIPT_PATH) -> ASGIApp:
+    """``app`` with the browser client (``ClientScript``) answering HTTP requests for ``path``;
+    everything else goes to ``app``. For frameworks whose routes cannot hold an ASGI app."""
+    script = ClientScript()
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == path:
+            await script(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return serve
 
 
 # -- pages -------------------------------------------------------------------------------------

@@ -12,10 +12,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Route
 
 from asgi_groups.adapters.fastapi import CurrentRegistry, add_view, install
+from asgi_groups.browser import ClientScript
 from asgi_groups.sessions import StarletteSessionCookie
 from examples.chat.common import (
+    CLIENT_SCRIPT_PATH,
     SESSION_KEY,
     WS_PATH,
     ChatConfig,
@@ -67,6 +70,7 @@ def create_app(config: ChatConfig | None = None) -> FastAPI:
             return RedirectResponse("/login", status_code=303)
         return HTMLResponse(page("chat.html"))
 
+    app.router.routes.append(Route(CLIENT_SCRIPT_PATH, ClientScript()))  # an ASGI app
     install(
         app,
         config.registry(),

@@ -1,14 +1,18 @@
 """The chat on Quart: ``uvicorn examples.chat.quart_app:app`` (or ``hypercorn``).
 
 Logins are kept in Quart's own ``session``; ``install`` reads that cookie with the keys, name
-and lifetime in ``app.config`` and serves the view ahead of Quart's router.
+and lifetime in ``app.config`` and serves the view ahead of Quart's router. The browser client
+the page imports is served ahead of Quart too, by ``ClientScript`` (``with_client_script``).
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 from quart import Quart, ResponseReturnValue, redirect, request, session
 
 from asgi_groups.adapters.quart import current_registry, install
+from asgi_groups.types import ASGIApp
 from examples.chat.common import (
     SESSION_KEY,
     WS_PATH,
@@ -19,6 +23,7 @@ from examples.chat.common import (
     page,
     prepare_store,
     session_for,
+    with_client_script,
 )
 
 
@@ -70,6 +75,7 @@ def create_app(config: ChatConfig | None = None) -> Quart:
         revalidate_every=config.revalidate_every,
         views={WS_PATH: ChatView.as_asgi(store=store)},
     )
+    app.asgi_app = with_client_script(cast(ASGIApp, app.asgi_app))  # type: ignore[method-assign,assignment]
     return app
 
 

@@ -1,6 +1,7 @@
 """The chat on Starlette: ``uvicorn examples.chat.starlette_app:app``.
 
-Routes, middleware and lifespan are declared up front: the view is a ``WebSocketRoute``,
+Routes, middleware and lifespan are declared up front: the view is a ``WebSocketRoute``, the
+browser client the page imports a ``Route`` to ``ClientScript``,
 ``GroupsMiddleware`` sits inside Starlette's ``SessionMiddleware`` (so the session it decoded is
 the one used), and the registry runs around the app's own lifespan.
 """
@@ -19,8 +20,10 @@ from starlette.routing import Route, WebSocketRoute
 
 from asgi_groups import GroupsMiddleware
 from asgi_groups.adapters.starlette import current_registry, lifespan
+from asgi_groups.browser import ClientScript
 from asgi_groups.sessions import StarletteSessionCookie
 from examples.chat.common import (
+    CLIENT_SCRIPT_PATH,
     SESSION_KEY,
     WS_PATH,
     ChatConfig,
@@ -72,6 +75,7 @@ def create_app(config: ChatConfig | None = None) -> Starlette:
             Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
+            Route(CLIENT_SCRIPT_PATH, ClientScript()),
             WebSocketRoute(WS_PATH, ChatView.as_asgi(store=store)),
         ],
         middleware=[
