@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from asgi_groups import GroupsMiddleware, HistoryLimits, RecoverableView, Registry, WsView
+from asgi_groups import (
+    GroupsMiddleware,
+    HistoryLimits,
+    QueueLimits,
+    RecoverableView,
+    Registry,
+    WsView,
+)
+from asgi_groups.backends.memory import MemoryBackend
+from asgi_groups.client import Client
 from asgi_groups.types import Receive, Scope, Send
 
 from .core_app import USERS
@@ -19,6 +29,16 @@ from .support.protocol import Tally, hello, open_raw
 from .support.servers import serve
 
 GROUP = "g:lobby"
+
+
+def client_for(address: str, user: int = 1, **options: Any) -> Client:
+    """The official Python client, logged in as ``user`` by the test cookie."""
+    return Client(
+        f"ws://{address}/ws",
+        headers={"Cookie": f"session={user}"},
+        origin=f"http://{address}",
+        **options,
+    )
 
 
 class Room(RecoverableView):
@@ -279,3 +299,51 @@ async def test_history_answers_fit_a_clients_frame_limit(hub: tuple[str, Registr
         answer = json.loads(await ws.recv())
     assert [m["offset"] for m in answer["messages"]] == [9, 10]  # 2 x 200 KiB <= 512 KiB
     assert answer["messages"][1]["data"][:3] == "999"
+
+
+async def test_a_slow_reader_closed_1013_recovers_what_it_missed() -> None:
+    """A client that stops reading is closed with 1013 when its queue overflows; it comes back
+    with the last position it read and gets the rest, once each, in order."""
+    registry = Registry(
+        history=HistoryLimits(size=500, max_replay=500),
+        limits=QueueLimits(max_messages=20, max_bytes=2 * 1024 * 1024),
+    )
+    blobs = [os.urandom(32 * 1024).hex() for _ in range(200)]  # 12.8 MB, incompressible
+    tally = Tally()
+    async with registry, serve(app_for(registry)) as address:
+        async with open_raw(address, 1, max_queue=1, compression=None) as ws:
+            tally.take_welcome(await hello(ws))
+            for n, blob in enumerate(blobs):
+                await registry.send_group("lobby", {"n": n, "blob": blob})
+            assert registry.stats().slow_closed == 1  # its queue overflowed: closed with 1013
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    tally.take(json.loads(await ws.recv()))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        read_before = len(tally.messages.get(GROUP, []))
+        async with open_raw(address, 1) as ws:
+            welcome = await hello(ws, tally.positions)
+            assert welcome["recovered"] is True
+            await tally.read(ws, 200 - read_before)
+    assert read_before < 200
+    assert [m["n"] for m in tally.messages[GROUP]] == list(range(200))
+
+
+async def test_expired_history_is_said_and_the_client_surfaces_it() -> None:
+    clock = [0.0]
+    registry = Registry(
+        history=HistoryLimits(size=100, ttl=10, meta_ttl=3600),
+        backend=MemoryBackend(clock=lambda: clock[0]),
+    )
+    async with registry, serve(app_for(registry)) as address:
+        async with client_for(address) as client:
+            await client.recovered()
+            saved = client.positions
+        for n in range(5):
+            await registry.send_group("lobby", n)
+        clock[0] += 11  # the messages it missed are older than ttl now
+        async with client_for(address, positions=saved) as client:
+            recovered = await client.recovered()
+    assert recovered.recovered is False
+    assert recovered.channels[GROUP].reason == "history expired"
+    assert recovered.channels["u:1"].recovered is True  # nothing missed there
