@@ -144,7 +144,8 @@ class _Outbound(BaseModel):
 
     def frame(self) -> Frame:
         """Encoded once; the same frame goes to every recipient."""
-        return Frame.text(self.model_dump_json(by_alias=True, exclude_none=True))
+        text = self.model_dump_json(by_alias=True, exclude_none=True)
+        return Frame({"type": "websocket.send", "text": text}, len(text.encode()), json=True)
 
 
 class ChatMessage(_Outbound):
@@ -569,7 +570,8 @@ class MessagingView(WsView):
     async def _announce(self, groups: list[str]) -> None:
         for group in groups:
             try:
-                await self.registry.send_group(group, await self.presence(group))
+                # state, not conversation: not kept in history (a resume sends it fresh)
+                await self.registry.send_group(group, await self.presence(group), history=False)
             except AsgiGroupsError as exc:  # shutting down, or the backend is away
                 logger.debug("presence for %r not announced: %r", group, exc)
 

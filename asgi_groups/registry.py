@@ -277,23 +277,27 @@ class Registry:
     # -- sending -----------------------------------------------------------------------------
 
     async def send_group(
-        self, group: str, message: Any, *, exclude: Exclude = None
+        self, group: str, message: Any, *, exclude: Exclude = None, history: bool = True
     ) -> Position | None:
         """Send to every connection in ``group``, in every process.
 
         Returns the message's position in the group's history (None when it keeps none).
+        ``history=False`` sends a message that is not kept (state such as presence, which a
+        resuming client gets fresh rather than replayed).
         """
-        return await self._publish(group_channel(group), message, exclude)
+        return await self._publish(group_channel(group), message, exclude, history)
 
     async def send_user(
-        self, user_id: object, message: Any, *, exclude: Exclude = None
+        self, user_id: object, message: Any, *, exclude: Exclude = None, history: bool = True
     ) -> Position | None:
         """Send to every connection (every tab, every process) of one user."""
-        return await self._publish(user_channel(user_id), message, exclude)
+        return await self._publish(user_channel(user_id), message, exclude, history)
 
-    async def broadcast(self, message: Any, *, exclude: Exclude = None) -> Position | None:
+    async def broadcast(
+        self, message: Any, *, exclude: Exclude = None, history: bool = True
+    ) -> Position | None:
         """Send to every connection in every process."""
-        return await self._publish(BROADCAST, message, exclude)
+        return await self._publish(BROADCAST, message, exclude, history)
 
     def frame(self, message: Any) -> Frame:
         """Encode ``message`` once, refusing it when over ``max_message_size``."""
@@ -304,12 +308,14 @@ class Registry:
             )
         return frame
 
-    async def _publish(self, channel: str, message: Any, exclude: Exclude) -> Position | None:
+    async def _publish(
+        self, channel: str, message: Any, exclude: Exclude, history: bool = True
+    ) -> Position | None:
         self._require_started()
         frame = self.frame(message)
         exclude_id = exclude.id if isinstance(exclude, Connection) else exclude
         position = await self.backend.publish(
-            channel, frame, exclude_id, self.keeps_history(channel)
+            channel, frame, exclude_id, history and self.keeps_history(channel)
         )
         self._messages_sent += 1
         return position

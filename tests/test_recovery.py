@@ -19,8 +19,11 @@ from asgi_groups import (
     Registry,
     WsView,
 )
+from asgi_groups.backends.base import Backend, HistoryUnavailable
 from asgi_groups.backends.memory import MemoryBackend
 from asgi_groups.client import Client
+from asgi_groups.frames import Frame
+from asgi_groups.history import Position
 from asgi_groups.types import Receive, Scope, Send
 
 from .core_app import USERS
@@ -347,3 +350,45 @@ async def test_expired_history_is_said_and_the_client_surfaces_it() -> None:
     assert recovered.recovered is False
     assert recovered.channels[GROUP].reason == "history expired"
     assert recovered.channels["u:1"].recovered is True  # nothing missed there
+
+
+async def test_state_sent_without_history_is_delivered_but_not_kept(
+    hub: tuple[str, Registry],
+) -> None:
+    """Presence-like state (``history=False``) reaches live clients, never a replay."""
+    address, registry = hub
+    async with open_raw(address, 1) as ws:
+        await hello(ws)
+        assert await registry.send_group("lobby", {"online": 3}, history=False) is None
+        live = json.loads(await ws.recv())
+    position = await registry.send_group("lobby", "kept")
+    _, kept = await registry.recent(GROUP, 10)
+    assert live == {"type": "ag.message", "channel": GROUP, "data": {"online": 3}}
+    assert position is not None and position.offset == 1
+    assert [entry.frame.payload for entry in kept] == ["kept"]
+
+
+def test_a_backend_without_history_is_refused_when_the_registry_is_made() -> None:
+    class NoHistory(Backend):
+        name = "nohistory"
+
+        async def publish(
+            self, channel: str, frame: Frame, exclude: str | None, history: bool = False
+        ) -> Position | None:
+            return None
+
+        async def subscribe(self, channel: str) -> None:
+            return None
+
+        def unsubscribe(self, channel: str) -> None:
+            return None
+
+        async def control(self, op: str, args: dict[str, Any]) -> None:
+            return None
+
+        async def presence(self, group: str) -> dict[str, int]:
+            return {}
+
+    with pytest.raises(HistoryUnavailable, match="nohistory"):
+        Registry(history=HistoryLimits(), backend=NoHistory())
+    Registry(backend=NoHistory())  # without history it is fine

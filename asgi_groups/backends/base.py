@@ -76,8 +76,12 @@ class Backend(ABC):
     history_limits: HistoryLimits | None = None
 
     def keep_history(self, limits: HistoryLimits) -> None:
-        """Keep history within ``limits`` for the channels published with ``history=True``."""
-        self.history_limits = limits
+        """Keep history within ``limits`` for the channels published with ``history=True``.
+
+        A backend that keeps history overrides this; the default refuses at once, so that a
+        registry configured with history never starts without it.
+        """
+        raise HistoryUnavailable(f"the {self.name} backend keeps no history")
 
     def bind(self, sink: Sink) -> None:
         """Attach the registry side that receives this backend's deliveries."""

@@ -32,7 +32,7 @@ class MemoryBackend(Backend):
         self.clock = clock
 
     def keep_history(self, limits: HistoryLimits) -> None:
-        super().keep_history(limits)
+        self.history_limits = limits
         self._history = History(limits)
 
     async def publish(

@@ -252,7 +252,7 @@ class RedisBackend(Backend):
 
     def keep_history(self, limits: HistoryLimits) -> None:
         """Keep history in Redis, shared by every process on this prefix (same ``limits``)."""
-        super().keep_history(limits)
+        self.history_limits = limits
         self._history = RedisHistory(self.names, limits)
 
     async def recover(self, channel: str, position: Position) -> Recovery:

@@ -106,7 +106,10 @@ export interface GroupsClientOptions {
   maxDelay?: number;
   /** Full jitter: wait a random time in [0, delay]. Default true. */
   jitter?: boolean;
-  /** Sockets in a row closed before opening after which the client stops ("failed"). Default 5. */
+  /**
+   * Sockets in a row closed before opening after which the client stops ("failed"). Default
+   * Infinity: a browser cannot tell a refused handshake from a server that is down.
+   */
   maxHandshakeFailures?: number;
   /** Keeps positions across a page reload (e.g. sessionStorage). Default none. */
   storage?: StorageLike | null;

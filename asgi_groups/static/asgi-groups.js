@@ -117,8 +117,11 @@
  * @property {number} [maxDelay=30000] cap of the reconnect delay (ms); also the wait after a
  *   close with 4408 or 4429
  * @property {boolean} [jitter=true] full jitter: wait a random time in [0, delay]
- * @property {number} [maxHandshakeFailures=5] sockets in a row that close before opening
- *   (e.g. a refused handshake) after which the client stops in state "failed"
+ * @property {number} [maxHandshakeFailures=Infinity] sockets in a row that close before
+ *   opening after which the client stops in state "failed". A browser cannot tell a refused
+ *   handshake (logged out: HTTP 403) from a server that is down, so the default keeps
+ *   retrying with the capped backoff; a page can check its session on `close` events with
+ *   `willReconnect` before any welcome, or set a limit
  * @property {StorageLike | null} [storage=null] keeps positions across a page reload
  *   (e.g. sessionStorage)
  * @property {string} [storageKey] key in `storage`; default "asgi-groups:positions:" followed
@@ -311,7 +314,7 @@ export class GroupsClient extends EventTarget {
       minDelay: nonNegative("minDelay", options.minDelay ?? 500),
       maxDelay: nonNegative("maxDelay", options.maxDelay ?? 30_000),
       jitter: options.jitter ?? true,
-      maxHandshakeFailures: positive("maxHandshakeFailures", options.maxHandshakeFailures ?? 5),
+      maxHandshakeFailures: positive("maxHandshakeFailures", options.maxHandshakeFailures ?? Infinity),
       storageKey: options.storageKey ?? `asgi-groups:positions:${withoutQuery.href}`,
       offline: options.offline ?? "queue",
       maxQueued: nonNegative("maxQueued", options.maxQueued ?? 100),
