@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
+
+from asgiref.sync import markcoroutinefunction
 
 from . import codes
 from .origin import OriginPolicy
@@ -68,6 +70,10 @@ class GroupsMiddleware:
     ``allowed_origins``: see :class:`~asgi_groups.origin.OriginPolicy` (default: same origin).
     ``revalidate_every``: seconds between re-checks of open sockets' sessions and users (needs
     ``users``); a socket whose cookie expired or whose user is gone or inactive is closed with 4401.
+
+    Served by hypercorn on Python 3.11 as the outermost app, name it ``asgi:module:app``
+    (hypercorn there cannot tell that the middleware is an ASGI 3 app; 3.12+ and every other
+    server can). Inside a framework (``install``) nothing is needed.
     """
 
     def __init__(
@@ -108,13 +114,27 @@ class GroupsMiddleware:
             return users  # type: ignore[no-any-return]
         raise TypeError("users must have an async load(session) method or be an async callable")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # A coroutine function, as servers check (hypercorn on Python 3.11 takes anything else
-        # for WSGI). While a socket is open it is this one small frame: what the handshake
-        # parsed lives in ``_handshake``'s, which is gone by then.
+    @markcoroutinefunction
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back a coroutine: HTTP and lifespan pass straight through,
+        # and a view served directly runs the handshake inside its own coroutine, so that an
+        # open socket keeps one frame. Marked so that servers see an ASGI 3 app (hypercorn on
+        # Python 3.11 cannot see the mark: name the app ``asgi:module:app`` there).
         if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        if self.revalidator is None:
+            admitted = getattr(self.app, "admitted", None)
+            if admitted is not None:
+                fused = admitted(self._admit_socket, self.registry, scope, receive, send)
+                if fused is not None:
+                    return fused  # type: ignore[no-any-return]
+        return self._websocket(scope, receive, send)
+
+    async def _admit_socket(self, scope: Scope, send: Send) -> bool:
+        return await self._handshake(scope, send) is not None
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The handshake, then the app, for any app: this small frame stays while it serves."""
         watched = await self._handshake(scope, send)
         if watched is None:
             return

@@ -567,8 +567,15 @@ class Attachment:
         traceback: TracebackType | None,
     ) -> bool:
         conn = self.connection
-        if conn is None:
-            return False
+        return False if conn is None else self.release(conn, exc_type)
+
+    @staticmethod
+    def release(conn: Connection, exc_type: type[BaseException] | None) -> bool:
+        """What leaving the block does: finish ``conn``; True when ``exc_type`` is the
+        library's own teardown of the socket (then the task's cancellation is taken back).
+
+        For code that entered an attachment and keeps only its connection (``WsView``).
+        """
         conn.finish()
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and conn.killed:
             task = asyncio.current_task()

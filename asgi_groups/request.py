@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 from .types import Scope, Session, UserLike
 from .users import ANONYMOUS
 
-__all__ = ["Headers", "QueryParams", "Request", "parse_cookies"]
+__all__ = ["Headers", "QueryParams", "Request", "parse_cookies", "scope_user"]
 
 
 class Headers(Mapping[str, str]):
@@ -99,6 +99,13 @@ def _unquote(value: str) -> str:
     return _UNQUOTE.sub(lambda m: chr(int(m[1], 8)) if m[1] else m[2], value[1:-1])
 
 
+def scope_user(scope: Scope) -> UserLike:
+    """The scope's user; anonymous when none, or when it lacks what the core needs
+    (``id``, ``username``, ``is_authenticated``, ``groups``): refused rather than crashed."""
+    user = scope.get("user")
+    return user if user is not None and isinstance(user, UserLike) else ANONYMOUS
+
+
 class Request:
     """What a view knows about the socket's opening handshake.
 
@@ -152,10 +159,8 @@ class Request:
 
     @property
     def user(self) -> UserLike:
-        """The scope's user; anonymous when none, or when it lacks what the core needs
-        (``id``, ``username``, ``is_authenticated``, ``groups``): refused rather than crashed."""
-        user = self.scope.get("user")
-        return user if user is not None and isinstance(user, UserLike) else ANONYMOUS
+        """The scope's user (see :func:`scope_user`)."""
+        return scope_user(self.scope)
 
     @property
     def subprotocols(self) -> list[str]:

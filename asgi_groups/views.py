@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
@@ -19,8 +18,8 @@ from .connection import Connection
 from .frames import encode_json
 from .limits import DEFAULT_MAX_INBOUND_SIZE
 from .middleware import CONNECTION_KEY, REGISTRY_KEY, reject
-from .registry import Registry
-from .request import Request
+from .registry import Attachment, Registry
+from .request import Request, scope_user
 from .stream import Stream
 from .types import ASGIApp, Message, Receive, Scope, Send, UserLike
 
@@ -29,6 +28,8 @@ __all__ = ["WsView", "groups_to_join"]
 logger = logging.getLogger("asgi_groups.views")
 
 GroupsSpec = Iterable[str] | Callable[[UserLike], Iterable[str]]
+#: The middleware's handshake for one socket: True when admitted (else it refused it).
+Admit = Callable[[Scope, Send], Awaitable[bool]]
 
 _NOTHING: Any = MappingProxyType({})
 """Read-only and shared: what ``options`` and ``kwargs`` are until a view has its own."""
@@ -60,21 +61,41 @@ class WsView:
     accepts: ClassVar[Literal["text", "bytes", "any"]] = "any"
     max_message_size: ClassVar[int] = DEFAULT_MAX_INBOUND_SIZE
 
-    # Per-socket state starts as these class-level defaults, so an idle socket's view holds
-    # only what differs from them.
-    kwargs: Message = _NOTHING
-    connection: Connection | None = None
-    close_code: int | None = None
-    accepted: bool = False
-    _send: Send | None = None
-    _rejected: bool = False
-    _attachment: AbstractAsyncContextManager[Connection] | None = None
+    # Per-socket state in slots: an idle socket's view is one small object, with no instance
+    # dict unless a subclass adds attributes of its own.
+    __slots__ = (
+        "_admit",
+        "_rejected",
+        "_request",
+        "_send",
+        "accepted",
+        "close_code",
+        "connection",
+        "kwargs",
+        "options",
+        "registry",
+        "scope",
+    )
 
     def __init__(self, request: Request, registry: Registry | None = None, **options: Any):
-        self.request = request
         self.scope = request.scope
         self.registry: Registry = registry or request.scope.get(REGISTRY_KEY)  # type: ignore[assignment]
         self.options: dict[str, Any] = options or _NOTHING
+        self.kwargs: Message = _NOTHING
+        self.connection: Connection | None = None
+        self.close_code: int | None = None
+        self.accepted = False
+        self._send: Send | None = None
+        self._rejected = False
+        self._admit: Admit | None = None
+        self._request: Request | None = None
+
+    @property
+    def request(self) -> Request:
+        """The opening handshake (made on first use, so that an idle socket keeps none)."""
+        if self._request is None:
+            self._request = Request(self.scope)
+        return self._request
 
     # -- ASGI entry --------------------------------------------------------------------------
 
@@ -96,12 +117,18 @@ class WsView:
         """
         if scope.get("type") != "websocket":
             raise RuntimeError("WsView serves websocket scopes only")
+        if self._admit is not None:  # the middleware's handshake, run in this one frame
+            admit, self._admit = self._admit, None
+            admitted = await admit(scope, send)
+            del admit  # an open socket keeps nothing of the handshake
+            if not admitted:
+                return
         self._send = send
         if self.registry is None:
             raise RuntimeError(
                 "no registry: wrap the app in GroupsMiddleware or pass WsView.as_asgi(registry=...)"
             )
-        if self.login_required and not self.request.user.is_authenticated:
+        if self.login_required and not scope_user(scope).is_authenticated:
             await reject(scope, send, 403, "Forbidden: login required")
             return
         try:
@@ -159,14 +186,10 @@ class WsView:
         """
         if not self.accepted:
             return False
-        attachment, self._attachment = self._attachment, None
-        quiet = False
-        if attachment is not None:
-            if exc is None:
-                quiet = bool(await attachment.__aexit__(None, None, None))
-            else:
-                quiet = bool(await attachment.__aexit__(type(exc), exc, exc.__traceback__))
         conn = self.connection
+        quiet = False
+        if conn is not None:
+            quiet = Attachment.release(conn, None if exc is None else type(exc))
         if self.close_code is None and conn is not None:
             self.close_code = conn.close_code
         try:
@@ -209,7 +232,7 @@ class WsView:
 
     @property
     def user(self) -> UserLike:
-        return self.request.user
+        return scope_user(self.scope)
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         """Complete the handshake, register the connection and join the initial groups."""
@@ -226,8 +249,8 @@ class WsView:
         attachment = self.registry.attached(
             self._send, self.user, self.initial_groups(), stream=self.new_stream()
         )
+        # entered here and released in _finish: the view keeps the connection, not the block
         self.connection = await attachment.__aenter__()
-        self._attachment = attachment
         self.scope[CONNECTION_KEY] = self.connection
 
     def new_stream(self) -> Stream | None:
@@ -297,6 +320,17 @@ class ViewApp:
         return self.view(Request(scope), self.registry, **self.options).dispatch(
             scope, receive, send
         )
+
+    def admitted(
+        self, admit: Admit, registry: Registry, scope: Scope, receive: Receive, send: Send
+    ) -> Awaitable[None] | None:
+        """The view's coroutine with ``admit`` (the middleware's handshake) run first inside
+        it, so that an open socket keeps one frame; None when the view has its own dispatch."""
+        if self.view.dispatch is not WsView.dispatch:
+            return None
+        view = self.view(Request(scope), self.registry or registry, **self.options)
+        view._admit = admit
+        return view.dispatch(scope, receive, send)
 
     def __repr__(self) -> str:
         return f"<ViewApp {self.view.__qualname__}>"

@@ -220,3 +220,32 @@ async def test_revalidation_compares_user_ids_as_strings() -> None:
             await greg.receive_json()
             assert await app.revalidate() == 0
             assert await greg.receive_nothing()  # still open
+
+
+class OwnDispatch(Hello):
+    """A view with its own dispatch: the middleware serves it the general way."""
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().dispatch(scope, receive, send)
+
+
+@pytest.mark.parametrize("view", [Hello, OwnDispatch], ids=["served-directly", "own-dispatch"])
+async def test_the_handshake_holds_however_the_view_is_served(view: type[WsView]) -> None:
+    """A view served directly runs the middleware's handshake inside its own coroutine; one
+    with its own dispatch goes the general way: the origin and the user hold for both."""
+    async with Registry() as registry:
+        app = GroupsMiddleware(
+            view.as_asgi(), registry, sessions=PlainCookie(), users=InMemoryUsers([DORA])
+        )
+        async with WebSocketTestClient(app, cookies={"session": "7"}) as ws:
+            assert await ws.receive_json() == {"user": "dora", "groups": ["explorers"]}
+        refused = ApplicationCommunicator(
+            app, WebSocketTestClient(app, origin="http://evil.example").scope
+        )
+        await refused.send_input({"type": "websocket.connect"})
+        assert (await refused.receive_output(2))["type"] in (
+            "websocket.close",
+            "websocket.http.response.start",
+        )
+        await refused.wait(2)
+        assert registry.stats().connections == 0
