@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Unpack
 
 from redis.asyncio import Redis
@@ -258,21 +258,21 @@ class RedisBackend(Backend):
     async def recover(self, channel: str, position: Position) -> Recovery:
         """What ``channel`` published after ``position``, from Redis (one atomic script)."""
         kept = self._kept()
-        redis = self._reachable("history cannot be read")
-        try:
+        with self._reading_history() as redis:
             return await kept.recover(redis, channel, position)
-        except NETWORK_ERRORS as exc:
-            self._errors += 1
-            raise BackendUnavailable(
-                f"could not read history from Redis at {safe_url(self.url)}: {exc}"
-            ) from exc
 
     async def latest(self, channel: str, count: int) -> tuple[Position, list[Entry]]:
         """The channel's newest position and up to ``count`` newest kept messages."""
         kept = self._kept()
+        with self._reading_history() as redis:
+            return await kept.latest(redis, channel, count)
+
+    @contextlib.contextmanager
+    def _reading_history(self) -> Iterator[Redis]:
+        """The commands client, with network errors turned into ``BackendUnavailable``."""
         redis = self._reachable("history cannot be read")
         try:
-            return await kept.latest(redis, channel, count)
+            yield redis
         except NETWORK_ERRORS as exc:
             self._errors += 1
             raise BackendUnavailable(

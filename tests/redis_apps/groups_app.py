@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from asgi_groups import BackendUnavailable, Registry, SimpleUser
 from asgi_groups.connection import Connection
 from asgi_groups.types import Receive, Scope, Send
+from tests.support.servers import run_lifespan
 
 HOOKS = {"down": 0, "up": 0}
 
@@ -45,21 +46,9 @@ registry = Registry(
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        await lifespan(receive, send)
+        await run_lifespan(registry, receive, send)
     elif scope["type"] == "websocket":
         await websocket(scope, receive, send)
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await registry.start()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await registry.close()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def websocket(scope: Scope, receive: Receive, send: Send) -> None:

@@ -18,6 +18,7 @@ from asgi_groups import GroupsMiddleware, HistoryLimits, QueueLimits, Recoverabl
 from asgi_groups.types import Receive, Scope, Send
 from tests.core_app import USERS
 from tests.support.codecs import PlainCookie
+from tests.support.servers import run_lifespan
 
 
 def _registry() -> Registry:
@@ -60,21 +61,9 @@ async def publish(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await registry.start()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await registry.close()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 async def route(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        await lifespan(receive, send)
+        await run_lifespan(registry, receive, send)
     elif scope["type"] == "http":
         await publish(scope, receive, send)
     else:

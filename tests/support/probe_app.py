@@ -28,6 +28,8 @@ from asgi_groups.limits import KiB
 from asgi_groups.messaging import MessagingView, UserRef
 from asgi_groups.types import Receive, Scope, Send, Session, UserLike
 
+from .servers import run_lifespan
+
 GROUPS = int(os.environ.get("PROBE_GROUPS", "10"))
 MAX_MESSAGE_SIZE = int(os.environ.get("PROBE_MAX_MESSAGE_SIZE", str(64 * KiB)))
 PRESENCE = os.environ.get("PROBE_PRESENCE", "1") != "0"
@@ -146,13 +148,6 @@ middleware = GroupsMiddleware(
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await registry.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await registry.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await run_lifespan(registry, receive, send)
+        return
     await middleware(scope, receive, send)

@@ -14,6 +14,8 @@ from typing import Any
 
 import uvicorn
 
+from asgi_groups import Registry
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -95,3 +97,16 @@ def serve_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+async def run_lifespan(registry: Registry, receive: Any, send: Any) -> None:
+    """Serve a lifespan scope: start ``registry`` at startup, close it at shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await registry.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await registry.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
