@@ -11,6 +11,11 @@ from .targets import Target
 
 NA = "—"
 Results = dict[str, SystemResult]
+#: History and recovery have their own report, written by ``python -m benchmarks.recovery``.
+RECOVERY_LINK = (
+    "History and recovery (cost of history per delivery, reconnect storms): "
+    "[RECOVERY.md](RECOVERY.md), from `python -m benchmarks.recovery`."
+)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -203,6 +208,7 @@ def render(
         "# Fan-out benchmark results",
         f"{when} — {mode} run (`{command}`), {seconds:.0f} s. How to read this: "
         "[README.md](README.md).",
+        RECOVERY_LINK,
         "## Machine",
         "\n".join(f"- {k}: {v}" for k, v in machine.items()),
         "## Software",

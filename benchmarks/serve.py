@@ -23,6 +23,10 @@ def build_app(system: str, redis_url: str | None) -> Any:
         from .apps import rawasgi
 
         return rawasgi.create_app()
+    if system.startswith("recovery-"):  # benchmarks.recovery: history on and off
+        from .apps import recoverable
+
+        return recoverable.create_app(system.removeprefix("recovery-"), redis_url)
     if system.startswith("asgi_groups"):
         from .apps import groups
 

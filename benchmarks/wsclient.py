@@ -1,8 +1,9 @@
 """The load generator's WebSocket connections: picows clients that only count what arrives.
 
-Two dialects: ``ws`` (plain text frames) and ``sio`` (Engine.IO v4 / Socket.IO v5 over a
+Three dialects: ``ws`` (plain text frames), ``sio`` (Engine.IO v4 / Socket.IO v5 over a
 WebSocket: answer the open packet with a namespace connect, pong the server's pings, count
-``42[...]`` event packets).
+``42[...]`` event packets) and ``ag`` (the recoverable protocol: a hello first, then count the
+``ag.message`` envelopes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .tally import Tally, monotonic_ns
 TEXT = WSMsgType.TEXT
 #: ``42["m","`` — the prefix of a Socket.IO event packet carrying one benchmark message.
 SIO_EVENT_PREFIX = b'42["' + protocol.SIO_MESSAGE.encode() + b'","'
+#: The first frame of a recoverable-protocol client that has no position to resume from.
+HELLO = b'{"type":"ag.hello"}'
 
 
 class PlainConn(WSListener):
@@ -73,13 +76,33 @@ class SioConn(PlainConn):
         self.transport.send(TEXT, packet.encode())
 
 
+class HelloConn(PlainConn):
+    """A client of the recoverable protocol (docs/PROTOCOL.md): says ``ag.hello`` (no positions)
+    on connect and is ready on the welcome; after it every text frame (an ``ag.message``
+    envelope) is a delivery."""
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        transport.send(TEXT, HELLO)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.ready.done():
+            super().on_ws_frame(transport, frame)
+        elif frame.msg_type is TEXT:  # the welcome: nothing is delivered before it
+            self.ready.set_result(None)
+
+
+#: Connection class per dialect: ``ws`` (plain, the default), ``sio``, ``ag`` (recoverable).
+DIALECTS: dict[str, type[PlainConn]] = {"sio": SioConn, "ag": HelloConn}
+
+
 class Pool:
     """The open client connections of one load generator; the first one sends the triggers."""
 
     def __init__(self, url: str, origin: str, dialect: str, tally: Tally) -> None:
         self.url = url
         self.origin = origin
-        self.kind: type[PlainConn] = SioConn if dialect == "sio" else PlainConn
+        self.kind: type[PlainConn] = DIALECTS.get(dialect, PlainConn)
         self.tally = tally
         self.conns: list[PlainConn] = []
 
