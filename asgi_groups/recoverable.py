@@ -57,13 +57,14 @@ class RecoverableView(WsView):
     it fits a client's frame limit (the ``websockets`` library's default is 1 MiB).
     """
 
-    hello_timeout: ClassVar[float] = 5.0
+    hello_timeout: ClassVar[float] = 10.0
     max_history_limit: ClassVar[int] = 100
     max_history_bytes: ClassVar[int] = 512 * KiB
 
     _hello_timer: asyncio.TimerHandle | None = None
     _late_hello: asyncio.Task[None] | None = None
     _hello_seen: bool = False
+    _late_hello_answered: bool = False
 
     def new_stream(self) -> Stream:
         return Stream(self.registry.limits.max_messages)
@@ -101,6 +102,13 @@ class RecoverableView(WsView):
         kind = body["type"]
         if kind == HELLO:
             if self._hello_seen:
+                if self._late_hello is not None and not self._late_hello_answered:
+                    # the client's hello, read after hello_timeout (a busy server): it was
+                    # started without positions and told so (recovered: false)
+                    self._late_hello_answered = True
+                    detail = "hello after hello_timeout: started without positions"
+                    await self._reply(error_frame("invalid", detail))
+                    return
                 await self.close(PROTOCOL_ERROR, "protocol error: a second hello")
                 return
             self._hello_seen = True
@@ -122,7 +130,10 @@ class RecoverableView(WsView):
         self._hello_timer = None
         if not self._hello_seen:
             self._hello_seen = True
-            self._late_hello = asyncio.get_running_loop().create_task(self._resume({}))
+            # what the client missed is unknown: recovered is false, so that it reloads
+            self._late_hello = asyncio.get_running_loop().create_task(
+                self._resume({}, valid=False)
+            )
 
     async def _resume(self, positions: dict[str, Position], *, valid: bool = True) -> None:
         """Recover each channel the client gave a position for, then welcome and release."""

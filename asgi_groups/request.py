@@ -99,11 +99,26 @@ def _unquote(value: str) -> str:
     return _UNQUOTE.sub(lambda m: chr(int(m[1], 8)) if m[1] else m[2], value[1:-1])
 
 
+#: User classes that define every member the core needs (checked once: a protocol check is
+#: slow, and a reconnect storm makes thousands).
+_USER_CLASSES: set[type] = set()
+_USER_MEMBERS = ("id", "username", "is_authenticated", "groups")
+
+
 def scope_user(scope: Scope) -> UserLike:
     """The scope's user; anonymous when none, or when it lacks what the core needs
     (``id``, ``username``, ``is_authenticated``, ``groups``): refused rather than crashed."""
     user = scope.get("user")
-    return user if user is not None and isinstance(user, UserLike) else ANONYMOUS
+    if user is None:
+        return ANONYMOUS
+    kind = type(user)
+    if kind in _USER_CLASSES:
+        return user  # type: ignore[no-any-return]
+    if not isinstance(user, UserLike):
+        return ANONYMOUS
+    if all(hasattr(kind, name) for name in _USER_MEMBERS):
+        _USER_CLASSES.add(kind)
+    return user
 
 
 class Request:

@@ -264,12 +264,19 @@ async def test_second_hello_closes_4400_and_others_stay(hub: tuple[str, Registry
 
 
 async def test_no_hello_starts_a_new_client_after_the_timeout(hub: tuple[str, Registry]) -> None:
+    """No hello in time: the client starts without positions and is told that what it missed
+    is unknown; its hello, read late (a busy server), is answered, not a protocol error."""
     address, registry = hub
     async with open_raw(address, 1) as ws:
         await registry.send_group("lobby", "held until the welcome")
         welcome = json.loads(await ws.recv())
-        assert welcome["type"] == "ag.welcome"
+        assert welcome["type"] == "ag.welcome" and welcome["recovered"] is False
         assert json.loads(await ws.recv())["data"] == "held until the welcome"
+        await ws.send(json.dumps({"type": "ag.hello", "positions": {}}))
+        late = json.loads(await ws.recv())
+        assert late["type"] == "ag.error" and "hello_timeout" in late["detail"]
+        await registry.send_group("lobby", "still open")
+        assert json.loads(await ws.recv())["data"] == "still open"
 
 
 async def test_plain_view_frames_stay_the_apps_own(hub: tuple[str, Registry]) -> None:
