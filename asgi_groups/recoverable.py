@@ -131,9 +131,7 @@ class RecoverableView(WsView):
         if not self._hello_seen:
             self._hello_seen = True
             # what the client missed is unknown: recovered is false, so that it reloads
-            self._late_hello = asyncio.get_running_loop().create_task(
-                self._resume({}, valid=False)
-            )
+            self._late_hello = asyncio.get_running_loop().create_task(self._resume({}, valid=False))
 
     async def _resume(self, positions: dict[str, Position], *, valid: bool = True) -> None:
         """Recover each channel the client gave a position for, then welcome and release."""

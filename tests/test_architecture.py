@@ -88,3 +88,12 @@ def test_the_routing_centre_does_no_io(name: str) -> None:
 
 def test_connections_know_nothing_of_the_registry() -> None:
     assert not {"asgi_groups.registry", "asgi_groups.router"} & imports("asgi_groups.connection")
+
+
+@pytest.mark.parametrize("name", ["asgi_groups.history", "asgi_groups.stream"])
+def test_positions_and_the_resume_seam_do_no_io(name: str) -> None:
+    """History decisions and the replay/live seam are plain code, testable without a loop."""
+    used = {module.split(".")[0] for module in imports(name)}
+    assert not used & IO, f"{name} imports {used & IO}"
+    ours = {m for m in imports(name) if m.startswith("asgi_groups.")}
+    assert ours <= {"asgi_groups.frames", "asgi_groups.history"}
