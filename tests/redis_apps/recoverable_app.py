@@ -33,7 +33,7 @@ def _registry() -> Registry:
         history=history,
         limits=limits,
         prefix=os.environ["ASGI_GROUPS_PREFIX"],
-        health_check_interval=0.5,
+        health_check_interval=5.0,  # as in production: a busy test machine is not an outage
         reconnect_backoff=(0.05, 0.5),
         socket_timeout=1.0,
         connect_timeout=1.0,
