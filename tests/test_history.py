@@ -20,6 +20,8 @@ from asgi_groups.history import (
     History,
     HistoryLimits,
     Position,
+    Recovery,
+    decide,
 )
 
 
@@ -215,3 +217,101 @@ async def test_memory_backend_forgets_idle_channels_while_publishing() -> None:
         clock[0] += PRUNE_EVERY + 2
         await registry.send_group("busy", "y")
         assert registry.stats().backend["history"] == {"channels": 1, "messages": 1, "bytes": 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"size": 0}, "size and max_replay must be at least 1"),
+        ({"max_replay": 0}, "size and max_replay must be at least 1"),
+        ({"ttl": 0}, "ttl must be positive and meta_ttl at least ttl"),
+        ({"ttl": 10, "meta_ttl": 9.9}, "ttl must be positive and meta_ttl at least ttl"),
+    ],
+)
+def test_history_limits_refuse_what_cannot_work(options: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HistoryLimits(**options)  # type: ignore[arg-type]
+
+
+def test_history_limits_at_their_bounds_are_accepted() -> None:
+    limits = HistoryLimits(size=1, max_replay=1, ttl=0.001, meta_ttl=0.001)
+    assert (limits.size, limits.max_replay) == (1, 1)
+
+
+TOP = Position("p:1", 10)
+
+
+def kept(first: int, last: int) -> list[Entry]:
+    return [Entry(n, Frame.text(str(n)), 0.0) for n in range(first, last + 1)]
+
+
+SEVEN_TO_TEN = kept(7, 10)
+
+
+@pytest.mark.parametrize(
+    ("position", "after", "count", "expected"),
+    [
+        (Position("other:1", 3), [], 10, Recovery(False, TOP, reason=EPOCH_CHANGED)),
+        (Position("p:1", 11), [], 10, Recovery(False, TOP, reason=FROM_THE_FUTURE)),
+        (Position("p:1", -1), [], 10, Recovery(False, TOP, reason=FROM_THE_FUTURE)),
+        (Position("p:1", 10), [], 10, Recovery(True, TOP)),
+        (Position("p:1", 6), SEVEN_TO_TEN, 10, Recovery(True, TOP, SEVEN_TO_TEN)),
+        # one entry short at the front (7 is gone): a gap, however many are kept
+        (Position("p:1", 6), kept(8, 10), 3, Recovery(False, TOP, reason=GAP_TOO_LARGE)),
+        # the right first entry but one missing later
+        (
+            Position("p:1", 6),
+            [*kept(7, 8), *kept(10, 10)],
+            3,
+            Recovery(False, TOP, reason=GAP_TOO_LARGE),
+        ),
+    ],
+)
+def test_decide_answers_exactly(
+    position: Position, after: list[Entry], count: int, expected: Recovery
+) -> None:
+    limits = HistoryLimits(size=3, max_replay=5)
+    assert decide(TOP, position, after, count, limits) == expected
+
+
+def test_decide_at_the_replay_cap_and_the_size() -> None:
+    limits = HistoryLimits(size=4, max_replay=4)
+    at_cap = decide(TOP, Position("p:1", 6), SEVEN_TO_TEN, 4, limits)
+    assert at_cap == Recovery(True, TOP, SEVEN_TO_TEN)
+    over = decide(TOP, Position("p:1", 5), kept(7, 10), 4, limits)
+    assert over == Recovery(False, TOP, reason=REPLAY_CAP)
+    # exactly size missed, fewer kept than size: they aged out
+    aged = decide(TOP, Position("p:1", 6), kept(9, 10), 2, limits)
+    assert aged == Recovery(False, TOP, reason=EXPIRED)
+    # exactly size missed but size kept: the history turned over
+    full = decide(TOP, Position("p:1", 6), kept(8, 10), 4, limits)
+    assert full == Recovery(False, TOP, reason=GAP_TOO_LARGE)
+
+
+def test_epochs_are_64_random_bits_and_channel_histories_count_from_one() -> None:
+    history = History(HistoryLimits())
+    assert len(history.epoch) == 16 and int(history.epoch, 16) >= 0
+    first = history.top("g:a", 0.0)
+    second = history.top("g:b", 0.0)
+    assert (first.epoch, second.epoch) == (f"{history.epoch}:1", f"{history.epoch}:2")
+    lapsed = History(HistoryLimits(ttl=1, meta_ttl=1))
+    old = lapsed.top("g:a", 0.0)
+    assert lapsed.since("g:a", old, 5.0) == Recovery(
+        False, Position(f"{lapsed.epoch}:2", 0), reason=EXPIRED
+    )
+
+
+def test_latest_and_expiry_at_their_bounds() -> None:
+    history = History(HistoryLimits(size=10, ttl=10, meta_ttl=20))
+    for n in range(3):
+        history.append("g:a", Frame.text("x" * (n + 1)), float(n))
+    assert history.latest("g:a", 0, 3.0) == []
+    assert [e.offset for e in history.latest("g:a", 1, 3.0)] == [3]
+    assert [e.offset for e in history.latest("g:a", 5, 3.0)] == [1, 2, 3]
+    assert history.latest("g:unknown", 5, 3.0) == []
+    assert history.stats() == {"channels": 1, "messages": 3, "bytes": 6}
+    # at exactly ttl a message is gone; the bytes kept go down by its size
+    assert [e.offset for e in history.latest("g:a", 5, 10.0)] == [2, 3]
+    assert history.stats()["bytes"] == 5
+    # at exactly meta_ttl after the last message the channel is forgotten
+    assert history.prune(22.0) == 1 and history.stats()["channels"] == 0

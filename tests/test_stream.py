@@ -12,9 +12,11 @@ from asgi_groups.frames import Frame, encode, encode_json
 from asgi_groups.history import Entry, Position
 from asgi_groups.stream import (
     Stream,
+    error_frame,
     history_frame,
     message_frame,
     parse_positions,
+    protocol_frame,
 )
 
 EPOCH = "e:1"
@@ -170,3 +172,83 @@ def test_malformed_positions_are_refused(value: object) -> None:
 def test_positions_parse() -> None:
     assert parse_positions(None) == {}
     assert parse_positions({"u:1": {"epoch": "e", "offset": 0}}) == {"u:1": Position("e", 0)}
+
+
+def test_stream_start_sets_or_forgets_where_a_channel_goes_on() -> None:
+    stream = Stream(max_held=10)
+    stream.release()
+    stream.start("g:a", Position(EPOCH, 5))
+    assert live(stream, 5) is None  # not past where it goes on
+    assert live(stream, 6) is not None
+    stream.start("g:a", None)  # forgotten: anything passes, and sets it again
+    assert live(stream, 2) is not None
+    assert stream.positions == {"g:a": Position(EPOCH, 2)}
+    assert not Stream(max_held=1).overflowed
+
+
+def test_subscribed_at_boundaries() -> None:
+    stream = Stream(max_held=10)
+    live(stream, 9)
+    assert stream.subscribed_at("g:a", Position(EPOCH, 9)) == Position(EPOCH, 8)
+    assert stream.subscribed_at("g:a", Position(EPOCH, 8)) == Position(EPOCH, 8)  # held is newer
+    other = Stream(max_held=10)
+    other.offer("g:a", Position("old:1", 3), encode("x"))
+    assert other.subscribed_at("g:a", Position(EPOCH, 9)) == Position(EPOCH, 9)
+
+
+def test_replayed_frames_name_their_channel() -> None:
+    stream = Stream(max_held=10)
+    stream.start("u:é", Position(EPOCH, 0))
+    (frame,) = stream.replay("u:é", EPOCH, entries(1, 1))
+    assert json.loads(frame.event["text"])["channel"] == "u:é"
+
+
+def test_protocol_frames_are_compact_utf8_json() -> None:
+    frame = protocol_frame({"type": "ag.welcome", "user": "zoë", "channels": {"g:é": {}}})
+    text = '{"type":"ag.welcome","user":"zoë","channels":{"g:é":{}}}'
+    assert frame.event == {"type": "websocket.send", "text": text}
+    assert frame.size == len(text.encode()) and frame.json is True
+    error = error_frame("forbidden", "not yours: é", 7)
+    assert error.event["text"] == (
+        '{"type":"ag.error","error":"forbidden","detail":"not yours: é","id":7}'
+    )
+    assert json.loads(error_frame("invalid", "bad").event["text"]) == {
+        "type": "ag.error",
+        "error": "invalid",
+        "detail": "bad",
+    }
+
+
+def test_envelopes_keep_utf8_and_report_its_size() -> None:
+    position = Position(EPOCH, 1)
+    frame = message_frame("g:café", position, encode("né"))
+    text = '{"type":"ag.message","channel":"g:café","epoch":"e:1","offset":1,"data":"né"}'
+    assert frame.event["text"] == text and frame.size == len(text.encode())
+    answer = history_frame(
+        "é", "g:café", position, [Entry(1, encode("a"), 0.0), Entry(2, encode("b"), 0.0)]
+    )
+    assert answer.event["text"] == (
+        '{"type":"ag.history","id":"é","channel":"g:café","epoch":"e:1","offset":1,'
+        '"messages":[{"offset":1,"data":"a"},{"offset":2,"data":"b"}]}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("x", "positions must be an object"),
+        ({"g:a": 1}, "position of 'g:a' must be an object"),
+        ({"g:a": {"epoch": "e" * 65, "offset": 1}}, "epoch of 'g:a' must be a short string"),
+        ({"g:a": {"epoch": "e", "offset": 2**63}}, "offset of 'g:a' must be a non-negative"),
+        ({f"g:{n}": {"epoch": "e", "offset": 1} for n in range(1001)}, "at most 1000 positions"),
+    ],
+)
+def test_malformed_positions_say_what_is_wrong(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_positions(value)
+
+
+def test_positions_at_their_limits_are_accepted() -> None:
+    most = {f"g:{n}": {"epoch": "e" * 64, "offset": 2**63 - 1} for n in range(1000)}
+    parsed = parse_positions(most)
+    assert len(parsed) == 1000 and parsed["g:0"] == Position("e" * 64, 2**63 - 1)
