@@ -136,3 +136,39 @@ async def test_a_close_that_never_completes_tears_the_owner_down() -> None:
     conn.close()
     await cancelled.wait()
     assert conn.killed
+
+
+async def test_drained_waits_until_every_queued_frame_was_written() -> None:
+    written: list[str] = []
+
+    async def send(event: Any) -> None:
+        await asyncio.sleep(0)  # a transport that takes a turn of the loop per frame
+        written.append(event["text"])
+
+    conn = Connection(send, None)
+    for text in "abc":
+        assert conn.deliver(Frame.text(text)) == DELIVERED
+    assert written == []
+    await conn.drained()
+    assert written == ["a", "b", "c"] and conn.queued == (0, 0)
+    await conn.drained()  # nothing queued: returns at once
+    conn.deliver(Frame.text("d"))
+    await conn.drained()
+    assert written == ["a", "b", "c", "d"]
+
+
+async def test_overflow_closes_a_slow_reader_with_1013_and_discards_its_queue() -> None:
+    out = Outbox()
+    calls, on_closed = closed_log()
+    conn = Connection(out, None, on_closed=on_closed)
+    out.gate.clear()  # the client stopped reading
+    for text in "abc":
+        conn.deliver(Frame.text(text))
+    assert conn.overflow() == OVERFLOWED  # what the registry does to a resume held too long
+    assert conn.overflowed and not conn.is_open and conn.close_code == 1013
+    assert conn.queued == (0, 0) and calls == []  # the caller acts on the outcome
+    assert conn.overflow() == NOT_OPEN
+    out.gate.set()
+    await conn.drained()  # closing: nothing more will be written but the close frame
+    await conn.wait_closed()
+    assert out.closes == [1013] and "c" not in out.texts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -16,12 +17,16 @@ import asgi_groups.frames as frames
 from asgi_groups import (
     Connection,
     ConnectionClosed,
+    HistoryLimits,
     MessageTooLarge,
+    Position,
     QueueLimits,
     Registry,
     RegistryClosed,
     SimpleUser,
 )
+from asgi_groups.backends.base import HistoryUnavailable
+from asgi_groups.stream import Stream
 
 from .fakes import Outbox, drained
 
@@ -30,6 +35,23 @@ async def tab(registry: Registry, user_id: int | None = None) -> tuple[Connectio
     out = Outbox()
     user = SimpleUser(user_id, f"user{user_id}") if user_id is not None else None
     return await registry.connect(out, user), out
+
+
+async def recoverable(
+    registry: Registry, user_id: int | None = None, groups: tuple[str, ...] = (), max_held: int = 10
+) -> tuple[Connection, Outbox, Stream]:
+    """A connection of a recoverable client, as ``RecoverableView`` makes one: its stream holds
+    live messages until the resume releases it."""
+    out, stream = Outbox(), Stream(max_held)
+    user = SimpleUser(user_id, f"user{user_id}") if user_id is not None else None
+    conn = await registry.connect(out, user, stream=stream)
+    for group in groups:
+        await registry.join(conn, group)
+    return conn, out, stream
+
+
+def envelopes(out: Outbox) -> list[Any]:
+    return [json.loads(text) for text in out.texts]
 
 
 async def test_group_user_broadcast_routing_with_tabs_and_exclude() -> None:
@@ -395,3 +417,180 @@ async def test_presence_callbacks_not_yet_run_at_close_leave_no_warning() -> Non
     conn, _ = await tab(reg, 1)
     await reg.join(conn, "room")
     await reg.close()
+
+
+# -- recoverable connections and history -------------------------------------------------------
+
+
+async def test_a_recoverable_connection_gets_each_message_in_an_envelope_with_its_position() -> (
+    None
+):
+    async with Registry(history=HistoryLimits()) as reg:
+        a, out_a, stream_a = await recoverable(reg, 1, ("room",))
+        b, out_b, stream_b = await recoverable(reg, 2, ("room",))
+        plain, out_plain = await tab(reg, 3)
+        await reg.join(plain, "room")
+        stream_a.release()  # resumed: live messages pass from now on
+        stream_b.release()
+        first = await reg.send_group("room", {"n": 1})
+        second = await reg.send_group("room", "two")
+        await drained(a, b, plain)
+        assert first is not None and second == Position(first.epoch, 2) and first.offset == 1
+        head = {"type": "ag.message", "channel": "g:room", "epoch": first.epoch}
+        assert envelopes(out_a) == [
+            {**head, "offset": 1, "data": {"n": 1}},
+            {**head, "offset": 2, "data": "two"},
+        ]
+        assert out_b.texts == out_a.texts
+        assert out_plain.texts == ['{"n":1}', "two"]  # a plain connection gets the message itself
+        assert reg.stats().deliveries == 6
+
+
+async def test_messages_are_held_while_a_connection_resumes_and_follow_its_replay_once() -> None:
+    """What ``RecoverableView`` does on resume: the replay of what history kept, then the held
+    live messages, none twice."""
+    async with Registry(history=HistoryLimits()) as reg:
+        conn, out, stream = await recoverable(reg, 1, ("room",))
+        other, other_out = await tab(reg, 2)
+        await reg.join(other, "room")
+        first = await reg.send_group("room", "one")  # published while the client resumes
+        assert first is not None
+        await drained(conn, other)
+        assert out.texts == [] and other_out.texts == ["one"]
+        assert reg.stats().deliveries == 1  # held: not delivered yet
+        seen = Position(first.epoch, 0)  # the client saw the channel before "one"
+        answer = await reg.recover("g:room", seen)
+        assert answer.recovered
+        stream.start("g:room", seen)
+        for frame in stream.replay("g:room", answer.position.epoch, answer.entries):
+            await conn.send(frame)
+        for frame in stream.release():  # "one" again, held: a duplicate of the replay
+            await conn.send(frame)
+        await reg.send_group("room", "two")
+        await drained(conn)
+        assert [(e["offset"], e["data"]) for e in envelopes(out)] == [(1, "one"), (2, "two")]
+
+
+async def test_a_message_the_client_already_has_is_skipped_and_not_counted() -> None:
+    async with Registry(history=HistoryLimits()) as reg:
+        conn, out, stream = await recoverable(reg, 1, ("room",))
+        top, _ = await reg.recent("g:room", 0)
+        stream.start("g:room", Position(top.epoch, 1))  # the client has offset 1 already
+        stream.release()
+        await reg.send_group("room", "one")  # offset 1: skipped
+        await reg.send_group("room", "two")
+        await drained(conn)
+        assert [(e["offset"], e["data"]) for e in envelopes(out)] == [(2, "two")]
+        assert reg.stats().deliveries == 1
+
+
+async def test_a_held_message_does_not_stop_delivery_to_the_connections_after_it() -> None:
+    async with Registry() as reg:
+        resuming, resuming_out, stream = await recoverable(reg, 1)  # broadcast reaches it first
+        plain, plain_out = await tab(reg, 2)
+        live, live_out, live_stream = await recoverable(reg, 3)
+        live_stream.release()
+        await reg.broadcast("hello")  # no history: an envelope without a position
+        await drained(resuming, plain, live)
+        assert resuming_out.texts == []
+        assert plain_out.texts == ["hello"]
+        assert envelopes(live_out) == [{"type": "ag.message", "channel": "*", "data": "hello"}]
+        assert reg.stats().deliveries == 2
+        for frame in stream.release():
+            await resuming.send(frame)
+        await drained(resuming)
+        assert resuming_out.texts == live_out.texts
+
+
+async def test_a_resume_holding_too_many_messages_is_closed_as_a_slow_reader() -> None:
+    async with Registry() as reg:
+        conn, out, _ = await recoverable(reg, 1, ("room",), max_held=2)
+        other, other_out = await tab(reg, 2)
+        await reg.join(other, "room")
+        for i in range(3):
+            await reg.send_group("room", str(i))  # the third does not fit the hold
+        assert not conn.is_open
+        stats = reg.stats()
+        assert (stats.slow_closed, stats.connections, stats.deliveries) == (1, 1, 3)
+        assert await reg.presence("room") == {"2": 1}  # it left every group
+        await reg.send_group("room", "3")
+        await drained(conn, other)
+        assert out.closes == [1013] and out.texts == []
+        assert other_out.texts == ["0", "1", "2", "3"]
+
+
+async def test_publishing_returns_the_position_unless_history_is_off_for_the_message() -> None:
+    async with Registry(history=HistoryLimits()) as reg:
+        conn, out = await tab(reg, 1)
+        await reg.join(conn, "room")
+        kept = await reg.send_group("room", "kept")
+        assert await reg.send_group("room", "presence", history=False) is None
+        again = await reg.send_group("room", "kept too")
+        assert kept is not None and again == Position(kept.epoch, 2) and kept.offset == 1
+        top, newest = await reg.recent("g:room", 10)
+        assert top == again and [e.frame.payload for e in newest] == ["kept", "kept too"]
+        direct = await reg.send_user(1, "direct")
+        assert direct is not None and direct.offset == 1
+        assert await reg.send_user(1, "typing", history=False) is None
+        everyone = await reg.broadcast("all")
+        assert everyone is not None and everyone.offset == 1
+        assert await reg.broadcast("ping", history=False) is None
+        assert [e.frame.payload for e in (await reg.recent("u:1", 10))[1]] == ["direct"]
+        assert [e.frame.payload for e in (await reg.recent("*", 10))[1]] == ["all"]
+        await drained(conn)
+        assert out.texts == ["kept", "presence", "kept too", "direct", "typing", "all", "ping"]
+
+
+async def test_history_for_narrows_history_to_some_channels() -> None:
+    async with Registry(history=HistoryLimits(), history_for=lambda ch: ch != "*") as reg:
+        assert reg.keeps_history("g:room") and reg.keeps_history("u:1")
+        assert not reg.keeps_history("*")
+        conn, out = await tab(reg, 1)
+        position = await reg.send_user(1, "direct")
+        assert position is not None and position.offset == 1
+        assert await reg.broadcast("all") is None
+        assert (await reg.recover("u:1", Position(position.epoch, 0))).recovered
+        assert (await reg.recent("u:1", 1))[0] == position
+        with pytest.raises(HistoryUnavailable, match=r"channel '\*' keeps no history"):
+            await reg.recover("*", Position(position.epoch, 0))
+        with pytest.raises(HistoryUnavailable, match=r"channel '\*' keeps no history"):
+            await reg.recent("*", 1)
+        await drained(conn)
+        assert out.texts == ["direct", "all"]
+
+
+async def test_without_history_nothing_is_kept_or_recovered() -> None:
+    async with Registry() as reg:
+        assert not reg.keeps_history("g:room") and not reg.keeps_history("*")
+        conn, out = await tab(reg, 1)
+        await reg.join(conn, "room")
+        assert await reg.send_group("room", "x") is None
+        with pytest.raises(HistoryUnavailable):
+            await reg.recent("g:room", 1)
+        with pytest.raises(HistoryUnavailable):
+            await reg.recover("g:room", Position("e", 0))
+        await drained(conn)
+        assert out.texts == ["x"]
+
+
+async def test_recover_and_recent_answer_from_the_channels_history() -> None:
+    async with Registry(history=HistoryLimits(size=10)) as reg:
+        positions = [await reg.send_group("room", f"m{i}") for i in range(3)]
+        assert all(p is not None for p in positions)
+        seen = positions[0]
+        assert seen is not None
+        answer = await reg.recover("g:room", seen)
+        assert answer.recovered and answer.position == positions[2]
+        assert [(e.offset, e.frame.payload) for e in answer.entries] == [(2, "m1"), (3, "m2")]
+        top, newest = await reg.recent("g:room", 1)
+        assert top == positions[2] and [e.frame.payload for e in newest] == ["m2"]
+
+
+async def test_channels_of_lists_groups_user_and_broadcast() -> None:
+    async with Registry() as reg:
+        conn, _ = await tab(reg, 7)
+        for group in ("b", "a"):
+            await reg.join(conn, group)
+        anon, _ = await tab(reg)
+        assert reg.channels_of(conn) == ["g:a", "g:b", "u:7", "*"]
+        assert reg.channels_of(anon) == ["*"]
