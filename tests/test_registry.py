@@ -594,3 +594,15 @@ async def test_channels_of_lists_groups_user_and_broadcast() -> None:
         anon, _ = await tab(reg)
         assert reg.channels_of(conn) == ["g:a", "g:b", "u:7", "*"]
         assert reg.channels_of(anon) == ["*"]
+
+
+async def test_an_attachment_given_a_stream_is_a_recoverable_connection() -> None:
+    async with Registry() as reg:
+        out, stream = Outbox(), Stream(10)
+        async with reg.attached(out, SimpleUser(1, "a"), ["room"], stream=stream) as conn:
+            stream.release()
+            await reg.send_group("room", "hi")
+            await drained(conn)
+            assert reg.stats().connections == 1
+        assert envelopes(out) == [{"type": "ag.message", "channel": "g:room", "data": "hi"}]
+        assert reg.stats().connections == 0 and not conn.is_open
