@@ -156,7 +156,7 @@ class GroupsMiddleware:
             logger.warning("refused websocket from origin %r to %s", origin, scope.get("path"))
             await reject(scope, send, 403, "Forbidden: origin not allowed")
             return None
-        session, codec, cookie = self._session(scope, headers)
+        session, codec, cookie = self._session(scope)
         try:
             user = await self._user(session)
         except Exception:
@@ -177,9 +177,7 @@ class GroupsMiddleware:
             scope["user"] = user
         scope[REGISTRY_KEY] = self.registry
 
-    def _session(
-        self, scope: Scope, headers: Headers
-    ) -> tuple[Session, SessionCodec | None, str | None]:
+    def _session(self, scope: Scope) -> tuple[Session, SessionCodec | None, str | None]:
         existing = scope.get("session")
         if isinstance(existing, dict) and existing:
             return existing, None, None

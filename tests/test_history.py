@@ -222,10 +222,10 @@ async def test_memory_backend_forgets_idle_channels_while_publishing() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"size": 0}, "size and max_replay must be at least 1"),
-        ({"max_replay": 0}, "size and max_replay must be at least 1"),
-        ({"ttl": 0}, "ttl must be positive and meta_ttl at least ttl"),
-        ({"ttl": 10, "meta_ttl": 9.9}, "ttl must be positive and meta_ttl at least ttl"),
+        ({"size": 0}, "^size and max_replay must be at least 1$"),
+        ({"max_replay": 0}, "^size and max_replay must be at least 1$"),
+        ({"ttl": 0}, "^ttl must be positive and meta_ttl at least ttl$"),
+        ({"ttl": 10, "meta_ttl": 9.9}, "^ttl must be positive and meta_ttl at least ttl$"),
     ],
 )
 def test_history_limits_refuse_what_cannot_work(options: dict[str, float], message: str) -> None:

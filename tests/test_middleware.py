@@ -249,3 +249,30 @@ async def test_the_handshake_holds_however_the_view_is_served(view: type[WsView]
         )
         await refused.wait(2)
         assert registry.stats().connections == 0
+
+
+class Bypass(WsView):
+    """A view whose own dispatch never calls the default one: it accepts whatever reaches it."""
+
+    reached: list[str] = []
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.reached.append(scope["path"])
+        await receive()
+        await send({"type": "websocket.accept"})
+
+
+async def test_a_view_with_its_own_dispatch_is_reached_only_after_the_handshake() -> None:
+    Bypass.reached.clear()
+    async with Registry() as registry:
+        app = GroupsMiddleware(Bypass.as_asgi(), registry)
+        refused = ApplicationCommunicator(
+            app, WebSocketTestClient(app, origin="http://evil.example").scope
+        )
+        await refused.send_input({"type": "websocket.connect"})
+        assert (await refused.receive_output(2))["type"] in (
+            "websocket.close",
+            "websocket.http.response.start",
+        )
+        await refused.wait(2)
+    assert Bypass.reached == []

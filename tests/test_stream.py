@@ -180,6 +180,7 @@ def test_stream_start_sets_or_forgets_where_a_channel_goes_on() -> None:
     stream.start("g:a", Position(EPOCH, 5))
     assert live(stream, 5) is None  # not past where it goes on
     assert live(stream, 6) is not None
+    stream.start("g:never-seen", None)  # nothing to forget: fine
     stream.start("g:a", None)  # forgotten: anything passes, and sets it again
     assert live(stream, 2) is not None
     assert stream.positions == {"g:a": Position(EPOCH, 2)}
@@ -236,7 +237,7 @@ def test_envelopes_keep_utf8_and_report_its_size() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("x", "positions must be an object"),
+        ("x", "^positions must be an object$"),
         ({"g:a": 1}, "position of 'g:a' must be an object"),
         ({"g:a": {"epoch": "e" * 65, "offset": 1}}, "epoch of 'g:a' must be a short string"),
         ({"g:a": {"epoch": "e", "offset": 2**63}}, "offset of 'g:a' must be a non-negative"),

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from asgi_groups import GroupsMiddleware, InMemoryUsers, Registry, SimpleUser, WsView
+from asgi_groups import (
+    GroupsMiddleware,
+    HistoryLimits,
+    InMemoryUsers,
+    RecoverableView,
+    Registry,
+    SimpleUser,
+    WsView,
+)
 from asgi_groups.testing import WebSocketTestClient
 from asgi_groups.types import Receive, Scope, Send
 
@@ -211,3 +219,25 @@ async def test_no_leak_after_1000_cycles(registry: Registry) -> None:
     stats = registry.stats()
     assert (stats.connections, stats.users, stats.groups) == (0, 0, 0)
     assert registry.connections() == []
+
+
+class Resumable(RecoverableView):
+    groups = ["lobby"]
+
+
+async def test_a_recoverable_view_sends_envelopes_with_positions() -> None:
+    """In-process: the view's connection is recoverable, so a publish arrives in an envelope."""
+    async with Registry(history=HistoryLimits()) as registry:
+        app = Resumable.as_asgi(registry)
+        async with WebSocketTestClient(app) as ws:
+            await ws.send_json({"type": "ag.hello"})
+            welcome = await ws.receive_json()
+            assert welcome["type"] == "ag.welcome" and "g:lobby" in welcome["channels"]
+            await registry.send_group("lobby", {"n": 1})
+            assert await ws.receive_json() == {
+                "type": "ag.message",
+                "channel": "g:lobby",
+                "epoch": welcome["channels"]["g:lobby"]["epoch"],
+                "offset": 1,
+                "data": {"n": 1},
+            }
