@@ -222,6 +222,19 @@ async def test_revalidation_compares_user_ids_as_strings() -> None:
             assert await greg.receive_nothing()  # still open
 
 
+async def assert_foreign_origin_refused(app: GroupsMiddleware) -> None:
+    """A handshake from a foreign Origin is refused before anything is accepted."""
+    refused = ApplicationCommunicator(
+        app, WebSocketTestClient(app, origin="http://evil.example").scope
+    )
+    await refused.send_input({"type": "websocket.connect"})
+    assert (await refused.receive_output(2))["type"] in (
+        "websocket.close",
+        "websocket.http.response.start",
+    )
+    await refused.wait(2)
+
+
 class OwnDispatch(Hello):
     """A view with its own dispatch: the middleware serves it the general way."""
 
@@ -239,15 +252,7 @@ async def test_the_handshake_holds_however_the_view_is_served(view: type[WsView]
         )
         async with WebSocketTestClient(app, cookies={"session": "7"}) as ws:
             assert await ws.receive_json() == {"user": "dora", "groups": ["explorers"]}
-        refused = ApplicationCommunicator(
-            app, WebSocketTestClient(app, origin="http://evil.example").scope
-        )
-        await refused.send_input({"type": "websocket.connect"})
-        assert (await refused.receive_output(2))["type"] in (
-            "websocket.close",
-            "websocket.http.response.start",
-        )
-        await refused.wait(2)
+        await assert_foreign_origin_refused(app)
         assert registry.stats().connections == 0
 
 
@@ -266,13 +271,5 @@ async def test_a_view_with_its_own_dispatch_is_reached_only_after_the_handshake(
     Bypass.reached.clear()
     async with Registry() as registry:
         app = GroupsMiddleware(Bypass.as_asgi(), registry)
-        refused = ApplicationCommunicator(
-            app, WebSocketTestClient(app, origin="http://evil.example").scope
-        )
-        await refused.send_input({"type": "websocket.connect"})
-        assert (await refused.receive_output(2))["type"] in (
-            "websocket.close",
-            "websocket.http.response.start",
-        )
-        await refused.wait(2)
+        await assert_foreign_origin_refused(app)
     assert Bypass.reached == []
