@@ -8,6 +8,7 @@ from .errors import (
     AsgiGroupsError,
     BackendUnavailable,
     ConnectionClosed,
+    DeliveryUnknown,
     MessageTooLarge,
     RegistryClosed,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "BackendUnavailable",
     "Connection",
     "ConnectionClosed",
+    "DeliveryUnknown",
     "Frame",
     "GroupsMiddleware",
     "HistoryLimits",

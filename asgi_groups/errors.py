@@ -8,7 +8,18 @@ class AsgiGroupsError(Exception):
 
 
 class BackendUnavailable(AsgiGroupsError):
-    """The backend (e.g. Redis) cannot be reached: the send was NOT delivered to other processes."""
+    """The backend (e.g. Redis) could not take the message: it was NOT delivered elsewhere.
+
+    Its subclass :class:`DeliveryUnknown` is the one exception: the message may have gone out.
+    """
+
+
+class DeliveryUnknown(BackendUnavailable):
+    """The backend did not answer in time after the message was written: it may be delivered.
+
+    A retry can make a duplicate; send the retry with the same message id so that recipients
+    can drop the second copy.
+    """
 
 
 class MessageTooLarge(AsgiGroupsError):
