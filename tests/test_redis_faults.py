@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from asgi_groups import BackendUnavailable, Registry, SimpleUser
+from asgi_groups import BackendUnavailable, DeliveryUnknown, HistoryLimits, Registry, SimpleUser
 from tests.support.redis import (
     GUARD,
     Inbox,
@@ -92,9 +92,11 @@ async def test_sends_fail_fast_during_an_outage_and_work_after_it(
         await wait_until(lambda: stats(a)["down"] and stats(b)["down"])
         assert len(hooks.down) == 1
         for registry in (a, publisher):
-            # raised while Redis is still down: the send did not wait for it to come back
-            with pytest.raises(BackendUnavailable):
+            # raised while Redis is still down: the send did not wait for it to come back,
+            # and says "not sent" (the inbox below never gets it)
+            with pytest.raises(BackendUnavailable) as refused:
                 await registry.send_group("boys", "lost")
+            assert not isinstance(refused.value, DeliveryUnknown)
         with pytest.raises(BackendUnavailable):
             await a.presence("boys")
         with pytest.raises(BackendUnavailable):
@@ -118,6 +120,33 @@ async def test_sends_fail_fast_during_an_outage_and_work_after_it(
     assert await b.presence("boys") == {"1": 1, "2": 1}
     with redis_server.client() as raw:
         assert raw.sismember(f"{prefix}:processes", a.backend.process_id)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["plain", "kept"])
+async def test_a_publish_left_without_a_reply_is_unknown_and_indeed_may_arrive(
+    make: MakeRegistry, redis_server: RedisServer, history: bool
+) -> None:
+    """A frozen link after the write: "may have been delivered", never "not sent" — and it
+    is delivered once the link moves again, exactly once (the publish is never repeated)."""
+    options: dict[str, Any] = {"history": HistoryLimits()} if history else {}
+    proxy = PausableProxy(redis_server.port)
+    await proxy.start()
+    try:
+        subscriber = await make(**options)
+        inbox = await member(subscriber, 1, "boys")
+        publisher = await make(proxy.url, listen=False, socket_timeout=0.5, **options)
+        await publisher.send_group("boys", "before")
+        assert await inbox.text() == "before"
+        proxy.pause()
+        with pytest.raises(DeliveryUnknown):
+            await publisher.send_group("boys", "maybe")
+        proxy.resume()
+        assert await inbox.text() == "maybe"
+        await publisher.send_group("boys", "after")
+        assert await inbox.text() == "after"  # not a second "maybe"
+        assert publisher.stats().backend["unknown"] == 1
+    finally:
+        await proxy.close()
 
 
 async def test_a_silent_half_open_link_is_detected_and_repaired(

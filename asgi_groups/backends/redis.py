@@ -32,7 +32,7 @@ from typing import Any, Literal, Unpack
 
 from redis.asyncio import Redis
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, DeliveryUnknown
 from ..frames import Frame
 from ..history import Entry, HistoryLimits, Position, Recovery
 from .base import BROADCAST, Backend, HistoryUnavailable
@@ -42,6 +42,8 @@ from .redis_client import (
     Clients,
     RedisOptions,
     Timing,
+    Unanswered,
+    execute_once,
     parse_sentinel_url,
     safe_url,
     settings,
@@ -120,11 +122,12 @@ class RedisBackend(Backend):
         self._subscriptions = Subscriptions(self.names.key_prefix, self.timing.socket_timeout)
         self._presence = Presence(self.names, self.timing, lambda: self._state.down)
         self._listener = Listener(
-            self.names, self.timing, self._subscriptions, self._state, self._presence.rewrite
+            self.names, self.timing, self._subscriptions, self._state, self._reconnected
         )
         self._history: RedisHistory | None = None
         self._published = 0
         self._errors = 0
+        self._unknown = 0
 
     @property
     def down(self) -> bool:
@@ -170,6 +173,17 @@ class RedisBackend(Backend):
                 f"cannot subscribe at Redis {safe_url(self.url)}: {exc or type(exc).__name__}"
             ) from exc
         self._presence.start_heartbeat()
+
+    async def _reconnected(self) -> None:
+        """A listener session is subscribed: drop pooled connections from before, rewrite presence.
+
+        After a restart or a failover every idle pooled connection is dead; a publish on one
+        would fail after its write, with an unknown outcome, instead of simply succeeding.
+        """
+        commands = self._clients.commands
+        if self._state.ever_up and commands is not None:
+            await commands.connection_pool.disconnect(inuse_connections=False)
+        await self._presence.rewrite()
 
     async def close(self) -> None:
         """Stop the listener, delete this process's presence entries, close every connection."""
@@ -224,10 +238,7 @@ class RedisBackend(Backend):
         try:
             position = await kept.publish(redis, channel, frame, exclude)
         except NETWORK_ERRORS as exc:
-            self._errors += 1
-            raise BackendUnavailable(
-                f"could not publish to Redis at {safe_url(self.url)}: {exc}"
-            ) from exc
+            raise self._publish_failed(exc) from exc
         self._published += 1
         return position
 
@@ -241,12 +252,21 @@ class RedisBackend(Backend):
                 f"Redis at {safe_url(self.url)} is unreachable; the message was not sent"
             )
         try:
-            await redis.publish(key, data)
+            await execute_once(redis, "PUBLISH", key, data)
         except NETWORK_ERRORS as exc:
-            self._errors += 1
-            raise BackendUnavailable(
-                f"could not publish to Redis at {safe_url(self.url)}: {exc}"
-            ) from exc
+            raise self._publish_failed(exc) from exc
+
+    def _publish_failed(self, exc: Exception) -> BackendUnavailable:
+        """The error a failed publish raises: not sent, or perhaps sent (no reply came)."""
+        self._errors += 1
+        where = safe_url(self.url)
+        if isinstance(exc, Unanswered):
+            self._unknown += 1
+            return DeliveryUnknown(
+                f"no reply from Redis at {where} after the message was written; it may have "
+                f"been delivered ({exc})"
+            )
+        return BackendUnavailable(f"could not publish to Redis at {where}; not sent ({exc})")
 
     # -- history -----------------------------------------------------------------------------
 
@@ -351,6 +371,7 @@ class RedisBackend(Backend):
             "presence_events": listener.presence_events,
             "reconnects": self._state.reconnects,
             "errors": self._errors + listener.errors + self._presence.errors,
+            "unknown": self._unknown,  # publishes that failed after the write
             "skipped": listener.skipped,
             "subscriptions": len(self._subscriptions.active),  # including broadcast and control
         }

@@ -6,6 +6,7 @@ listener's pub/sub connection, which never retries on its own: its supervisor re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -17,14 +18,17 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 __all__ = [
     "NETWORK_ERRORS",
     "ClientOptions",
     "Clients",
+    "NotWritten",
     "RedisOptions",
     "Timing",
+    "Unanswered",
+    "execute_once",
     "parse_sentinel_url",
     "safe_url",
     "settings",
@@ -32,6 +36,51 @@ __all__ = [
 
 #: What a failed round trip to Redis raises.
 NETWORK_ERRORS = (RedisError, OSError)
+
+
+class NotWritten(RedisConnectionError):
+    """The command failed before any of it was written: Redis certainly did not run it."""
+
+
+class Unanswered(RedisConnectionError):
+    """The command was (perhaps partly) written but no reply came: Redis may have run it."""
+
+
+async def execute_once(client: Redis, *args: Any) -> Any:
+    """Run one command exactly once, saying whether a failure happened before the write.
+
+    redis-py's own retry may send a command twice after a lost reply; a publish must not be
+    repeated, and its sender must learn whether it may have gone out. A stale pooled
+    connection is replaced while taking it from the pool, before anything is written.
+    """
+    pool = client.connection_pool
+    try:
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # stale: replaced
+    except (*NETWORK_ERRORS, TimeoutError) as exc:
+        raise NotWritten(str(exc) or type(exc).__name__) from exc
+    try:
+        try:
+            reader = getattr(conn, "_reader", None)  # redis-py skips this check in some modes
+            if isinstance(reader, asyncio.StreamReader) and reader.at_eof():
+                await conn.disconnect()  # Redis closed it while idle (a restart): not reusable
+                await conn.connect()
+            await conn.check_health()
+        except (*NETWORK_ERRORS, TimeoutError) as exc:
+            await conn.disconnect()
+            raise NotWritten(str(exc) or type(exc).__name__) from exc
+        try:
+            await conn.send_command(*args, check_health=False)
+            return await conn.read_response()
+        except ResponseError:
+            raise  # Redis refused the command: it did not run
+        except (*NETWORK_ERRORS, TimeoutError) as exc:
+            await conn.disconnect()  # a reply may still come: never reuse this connection
+            raise Unanswered(str(exc) or type(exc).__name__) from exc
+        except BaseException:
+            await conn.disconnect()
+            raise
+    finally:
+        await pool.release(conn)
 
 
 @dataclass(frozen=True)

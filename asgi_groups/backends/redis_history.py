@@ -38,9 +38,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from ..frames import Frame
 from ..history import Entry, HistoryLimits, Position, Recovery, decide, new_epoch
+from .redis_client import execute_once
 from .redis_wire import Names, envelope_head, frame_flags, payload_bytes, rebuild_frame
 
 __all__ = ["LATEST", "PUBLISH", "RECOVER", "RedisHistory"]
@@ -214,7 +216,12 @@ class RedisHistory:
             frame_flags(frame),
             payload_bytes(frame),
         )
-        epoch, offset = await script(self._keys(channel), args, redis)
+        keys = self._keys(channel)
+        try:  # once, never retried: a publish must not run twice (see execute_once)
+            reply = await execute_once(redis, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # not run: a restarted Redis does not know the script yet
+            reply = await execute_once(redis, "EVAL", script.script, len(keys), *keys, *args)
+        epoch, offset = reply
         self.published += 1
         return Position(_text(epoch), int(offset))
 
