@@ -44,19 +44,23 @@ async def reject(scope: Scope, send: Send, status: int, detail: str) -> None:
     The one refusal path of the library, views and adapters alike: a client sees HTTP
     ``status`` (with ``detail`` as the body), or, on a server without the
     ``websocket.http.response`` extension, a close before accept, which servers answer with 403.
+    A client that has already gone away is not an error (a DEBUG line).
     """
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = detail.encode()
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": codes.POLICY_VIOLATION})
+    try:
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            body = detail.encode()
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": codes.POLICY_VIOLATION})
+    except OSError as exc:  # the client went away first (ASGI servers raise an OSError)
+        logger.debug("refusal (%d) not sent, the client went away (%r)", status, exc)
 
 
 class GroupsMiddleware:

@@ -1,7 +1,8 @@
 """``WsView``: the connect / receive / disconnect lifecycle of one WebSocket, as a class.
 
 ``on_disconnect`` runs exactly once for every socket that reached ``on_connect``, also after an
-exception; by then the connection has left every group and its writer has stopped.
+exception; by then the connection has left every group and its writer has stopped. A client
+that goes away mid-handshake or mid-send (``ConnectionClosed``) is expected: logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from asgiref.sync import markcoroutinefunction
 
 from . import codes
 from .connection import Connection
+from .errors import ConnectionClosed
 from .frames import encode_json
 from .limits import DEFAULT_MAX_INBOUND_SIZE
 from .middleware import CONNECTION_KEY, REGISTRY_KEY, reject
@@ -150,6 +152,10 @@ class WsView:
                             self.close_code = int(message.get("code", codes.NORMAL))
                             break
                         # a stray "websocket.connect" (accepted without waiting for it): ignored
+            except ConnectionClosed as exc:  # the client went away: expected, not a fault
+                logger.debug("%s ended, the socket is gone: %s", type(self).__name__, exc)
+                if self.connection is not None:
+                    await self.connection.wait_closed()
             except Exception:
                 logger.exception("error in %s; closing with 1011", type(self).__name__)
                 await self._fail()
@@ -244,7 +250,10 @@ class WsView:
             message["subprotocol"] = subprotocol
         if headers:
             message["headers"] = headers
-        await self._send(message)
+        try:
+            await self._send(message)
+        except OSError as exc:  # how ASGI servers say the client has gone (e.g. uvicorn's)
+            raise ConnectionClosed(f"the client went away during the handshake ({exc!r})") from exc
         self.accepted = True
         attachment = self.registry.attached(
             self._send, self.user, self.initial_groups(), stream=self.new_stream()
@@ -291,7 +300,10 @@ class WsView:
         if self.connection is None:
             if not self._rejected and self._send is not None:
                 self._rejected = True
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                try:
+                    await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                except OSError as exc:  # the client went away first: nothing to refuse
+                    logger.debug("refusal not sent, the client went away (%r)", exc)
             return
         self.connection.close(code, reason)
 
