@@ -1,18 +1,28 @@
 """The chat protocol as a ready view: JSON in, validated, routed to a group, a user or everyone.
 
 Inbound ``{"type": "BroadCast" | "Group" | "Direct" | "Presence", "text": ..., "group"?: ...,
-"user_name"?: ...}`` (``type`` and ``user_name`` are case-insensitive). Outbound envelopes say who
-sent what to whom. Bad input gets one ``{"type": "error", "error": code, "detail": ...}`` frame and
-the socket stays open; floods and endless errors are closed with 4429 / 4408.
+"user_name"?: ..., "id"?: ...}`` (``type`` and ``user_name`` are case-insensitive; ``id``, up to
+64 of ``A-Z a-z 0-9 _ -``, is the client's own id for the message, kept in what recipients get,
+else the server makes one). Outbound envelopes ``{"type", "from", "text", "ts", "id", "group"?,
+"to"?}`` say who sent what to whom; recipients drop a second copy by ``(from, id)``.
+
+Bad input gets one ``{"type": "error", "error": code, "detail": ...}`` frame and the socket stays
+open; floods and endless errors are closed with 4429 / 4408, and only for what the client did.
+When the backend (e.g. Redis) fails, the message gets ``{"type": "error", "error":
+"unavailable", "detail": ..., "id": <the message's id>, "delivered": false | "unknown",
+"retry_after": <seconds>}``: ``false``, it was certainly not sent; ``"unknown"``, it may have
+been (send it again with the same ``id`` and recipients drop the duplicate). ``rate_limited``
+frames carry ``retry_after`` too. Neither counts against the error budget.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
-from collections import deque
+import weakref
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
@@ -21,9 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
 from . import codes
-from .errors import AsgiGroupsError, BackendUnavailable, ConnectionClosed
+from .errors import AsgiGroupsError, BackendUnavailable, ConnectionClosed, DeliveryUnknown
 from .frames import Frame
 from .limits import KiB
+from .ratelimit import TokenBucket, UserBuckets, WindowCounter, take_all
 from .registry import MAX_GROUP_NAME, Registry
 from .request import Request
 from .types import Receive, Scope, Send, UserLike
@@ -32,10 +43,15 @@ from .views import WsView
 __all__ = [
     "DEFAULT_ERROR_BUDGET",
     "DEFAULT_ERROR_WINDOW",
+    "DEFAULT_MAX_STALL_CREDIT",
     "DEFAULT_MAX_TEXT_BYTES",
     "DEFAULT_RATE_BURST",
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_RATE_LIMIT_STRIKES",
+    "DEFAULT_RETRY_AFTER",
+    "DEFAULT_USER_RATE_BURST",
+    "DEFAULT_USER_RATE_LIMIT",
+    "MAX_MESSAGE_ID",
     "BroadcastIn",
     "ChatMessage",
     "DirectIn",
@@ -55,6 +71,7 @@ __all__ = [
     "UserRef",
     "WindowCounter",
     "decode_inbound",
+    "user_buckets",
 ]
 
 logger = logging.getLogger("asgi_groups.messaging")
@@ -68,11 +85,27 @@ DEFAULT_RATE_BURST = 40
 #: ``rate_limited`` replies allowed per ``rate_limit_window`` before closing with 4429.
 DEFAULT_RATE_LIMIT_STRIKES = 20
 DEFAULT_RATE_LIMIT_WINDOW = 60.0
+#: Inbound messages per second one user may send on average over all their connections (in
+#: one process) ...
+DEFAULT_USER_RATE_LIMIT = 20.0
+#: ... and in one burst.
+DEFAULT_USER_RATE_BURST = 40
+#: Seconds of stall (the server waiting on its backend while the client's frames queue) that
+#: can be credited to the client's rate limit, at its rate: at most ``rate * 30`` tokens.
+DEFAULT_MAX_STALL_CREDIT = 30.0
 #: Error frames allowed per ``error_window`` seconds before closing with 4408.
 DEFAULT_ERROR_BUDGET = 30
 DEFAULT_ERROR_WINDOW = 60.0
+#: Seconds an ``unavailable`` error frame tells the client to wait before sending again.
+DEFAULT_RETRY_AFTER = 2.0
+#: Seconds between summary lines of messages the backend did not take (the first is logged
+#: at once, the rest counted).
+UNDELIVERED_LOG_INTERVAL = 10.0
 #: Longest username accepted in ``user_name``.
 MAX_USER_NAME = 150
+#: Longest client-chosen message ``id``, and its characters.
+MAX_MESSAGE_ID = 64
+MESSAGE_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
 # -- protocol: inbound -------------------------------------------------------------------------
@@ -96,26 +129,32 @@ class _Inbound(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
-class BroadcastIn(_Inbound):
-    """``{"type": "BroadCast", "text": ...}``: to everyone."""
+class _ChatIn(_Inbound):
+    text: str = Field(min_length=1)
+    #: The client's id for the message (a retry carries the same one); None: the server's.
+    id: str | None = Field(
+        default=None, min_length=1, max_length=MAX_MESSAGE_ID, pattern=MESSAGE_ID_PATTERN
+    )
+
+
+class BroadcastIn(_ChatIn):
+    """``{"type": "BroadCast", "text": ..., "id"?: ...}``: to everyone."""
 
     type: Literal["broadcast"] = "broadcast"
-    text: str = Field(min_length=1)
 
 
-class GroupIn(_Inbound):
-    """``{"type": "Group", "group": ..., "text": ...}``: to every member of a group."""
+class GroupIn(_ChatIn):
+    """``{"type": "Group", "group": ..., "text": ..., "id"?: ...}``: to every member of a group."""
 
     type: Literal["group"] = "group"
-    text: str = Field(min_length=1)
     group: str = Field(min_length=1, max_length=MAX_GROUP_NAME)
 
 
-class DirectIn(_Inbound):
-    """``{"type": "Direct", "user_name": ..., "text": ...}``: to every tab of one user."""
+class DirectIn(_ChatIn):
+    """``{"type": "Direct", "user_name": ..., "text": ..., "id"?: ...}``: to every tab of one
+    user."""
 
     type: Literal["direct"] = "direct"
-    text: str = Field(min_length=1)
     user_name: str = Field(min_length=1, max_length=MAX_USER_NAME)
 
 
@@ -155,17 +194,25 @@ class ChatMessage(_Outbound):
     from_: str = Field(serialization_alias="from")
     text: str
     ts: float  # server time, seconds since the epoch
-    id: str  # unique per message: lets a page drop a copy it already shows
+    id: str  # the sender's id for it, or the server's: a page drops a copy by (from, id)
     group: str | None = None
     to: str | None = None
 
 
 class ErrorFrame(_Outbound):
-    """``{"type": "error", "error": code, "detail": ...}``: one per bad inbound frame."""
+    """``{"type": "error", "error": code, "detail": ...}``: one per refused inbound frame.
+
+    ``unavailable`` for a chat message adds its ``id`` and ``delivered`` (``false``: certainly
+    not sent; ``"unknown"``: it may have been); ``unavailable`` and ``rate_limited`` add
+    ``retry_after``, the seconds to wait before sending again.
+    """
 
     type: Literal["error"] = "error"
     error: ErrorCode
     detail: str
+    id: str | None = None
+    delivered: Literal[False, "unknown"] | None = None
+    retry_after: float | None = None
 
 
 class Presence(_Outbound):
@@ -261,53 +308,6 @@ def _encodable(text: str) -> bool:
     return True
 
 
-# -- abuse limits ------------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; ``take(now)`` spends one if there is one."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-class WindowCounter:
-    """Events in the last ``window`` seconds; ``hit(now)`` is True while within ``limit``."""
-
-    __slots__ = ("_events", "limit", "window")
-
-    def __init__(self, limit: int, window: float) -> None:
-        if limit < 0 or window <= 0:
-            raise ValueError("limit must be >= 0 and window positive")
-        self.limit = limit
-        self.window = window
-        self._events: deque[float] = deque(maxlen=limit + 1)
-
-    def hit(self, now: float) -> bool:
-        events = self._events
-        while events and now - events[0] >= self.window:
-            events.popleft()
-        events.append(now)
-        return len(events) <= self.limit
-
-
 # -- who is who --------------------------------------------------------------------------------
 
 
@@ -384,6 +384,82 @@ class StaticDirectory:
         return sorted(self._groups), sorted(self._by_id.values(), key=str.casefold)
 
 
+# -- shared by the views of one registry -------------------------------------------------------
+
+
+class _Undelivered:
+    """Counts chat messages the backend did not take and logs them as one line per
+    ``interval`` (the first at once): an outage would otherwise log every message of everyone."""
+
+    __slots__ = ("interval", "latest", "lost", "maybe", "next_at", "reported_at")
+
+    def __init__(self, interval: float = UNDELIVERED_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.lost = 0  # certainly not sent
+        self.maybe = 0  # may have been delivered
+        self.latest: BaseException | None = None
+        self.next_at = float("-inf")
+        self.reported_at = float("-inf")
+
+    @property
+    def pending(self) -> int:
+        """Messages counted and not yet logged."""
+        return self.lost + self.maybe
+
+    def record(self, exc: BackendUnavailable, now: float) -> None:
+        if isinstance(exc, DeliveryUnknown):
+            self.maybe += 1
+        else:
+            self.lost += 1
+        self.latest = exc
+        self.report(now)
+
+    def report(self, now: float) -> None:
+        """Log what was counted when a line is due (the interval has passed)."""
+        if now < self.next_at or not self.pending:
+            return
+        since = now - self.reported_at
+        logger.warning(
+            "chat messages the backend did not take%s: %d not sent, %d maybe delivered "
+            "(latest: %r)%s",
+            "" if since == float("inf") else f" in the last {since:.0f} s",
+            self.lost,
+            self.maybe,
+            self.latest,
+            "" if since < float("inf") else f"; more are summed every {self.interval:.0f} s",
+        )
+        self.lost = self.maybe = 0
+        self.latest = None
+        self.reported_at = now
+        self.next_at = now + self.interval
+
+
+class _Shared:
+    """What the messaging views of one registry share in this process."""
+
+    __slots__ = ("undelivered", "users")
+
+    def __init__(self) -> None:
+        self.users = UserBuckets()
+        self.undelivered = _Undelivered()
+
+
+# Keyed by the app's registry, weakly: gone with it.
+_SHARED: weakref.WeakKeyDictionary[Registry, _Shared] = weakref.WeakKeyDictionary()
+
+
+def _shared(registry: Registry) -> _Shared:
+    shared = _SHARED.get(registry)
+    if shared is None:
+        shared = _SHARED[registry] = _Shared()
+    return shared
+
+
+def user_buckets(registry: Registry) -> UserBuckets:
+    """The per-user rate-limit buckets of the messaging views of ``registry`` (this process)."""
+    return _shared(registry).users
+
+
 # -- the view ----------------------------------------------------------------------------------
 
 
@@ -395,9 +471,16 @@ class MessagingView(WsView):
     class attribute) or, without one, to the users connected to this process.
 
     Limits (class attributes, ``None`` disables): ``max_text_bytes``; ``rate_limit`` messages/s
-    with bursts of ``rate_burst``, and more than ``rate_limit_strikes`` refusals per
-    ``rate_limit_window`` s closes with 4429; more than ``error_budget`` error frames per
-    ``error_window`` s closes with 4408. ``clock`` (an option) replaces ``time.monotonic``.
+    per connection with bursts of ``rate_burst``, and ``user_rate_limit`` / ``user_rate_burst``
+    per user over all their connections in this process (a bucket shared while any is open
+    and until it has refilled, so reconnecting does not reset it; with Redis every process
+    keeps its own); more than ``rate_limit_strikes`` refusals per ``rate_limit_window`` s
+    closes with 4429; more than ``error_budget`` error frames per ``error_window`` s closes with
+    4408. Only the client's own doing counts: ``unavailable`` frames spend no error budget, and
+    time spent waiting on the backend is credited to the rate limits (up to
+    ``max_stall_credit`` s of their rate), so that frames sent at a fair pace during a stall are
+    not refused when they arrive at once. ``retry_after``: seconds an ``unavailable`` frame asks
+    the client to wait. ``clock`` (an option) replaces ``time.monotonic``.
     """
 
     login_required: ClassVar[bool] = True
@@ -405,10 +488,14 @@ class MessagingView(WsView):
     max_text_bytes: ClassVar[int] = DEFAULT_MAX_TEXT_BYTES
     rate_limit: ClassVar[float | None] = DEFAULT_RATE_LIMIT
     rate_burst: ClassVar[int] = DEFAULT_RATE_BURST
+    user_rate_limit: ClassVar[float | None] = DEFAULT_USER_RATE_LIMIT
+    user_rate_burst: ClassVar[int] = DEFAULT_USER_RATE_BURST
+    max_stall_credit: ClassVar[float | None] = DEFAULT_MAX_STALL_CREDIT
     rate_limit_strikes: ClassVar[int | None] = DEFAULT_RATE_LIMIT_STRIKES
     rate_limit_window: ClassVar[float] = DEFAULT_RATE_LIMIT_WINDOW
     error_budget: ClassVar[int | None] = DEFAULT_ERROR_BUDGET
     error_window: ClassVar[float] = DEFAULT_ERROR_WINDOW
+    retry_after: ClassVar[float] = DEFAULT_RETRY_AFTER
     #: Tell a user's groups who is online whenever one of their sockets opens or closes.
     announce_presence: ClassVar[bool] = True
     #: The sender's own tabs get a copy of a direct message, and of a group message to a group
@@ -428,9 +515,11 @@ class MessagingView(WsView):
         self.users: Directory = directory or type(self).directory or LocalDirectory(self.registry)
         self.clock: Callable[[], float] = clock or time.monotonic
         now = self.clock()
-        self._bucket = (
-            TokenBucket(self.rate_limit, self.rate_burst, now) if self.rate_limit else None
-        )
+        #: the buckets every inbound message takes a token from: this socket's, the user's
+        self._buckets: tuple[TokenBucket, ...] = ()
+        if self.rate_limit:
+            self._buckets = (self._new_bucket(self.rate_limit, self.rate_burst, now),)
+        self._user_key: str | None = None  # whose shared bucket this socket holds
         self._strikes = (
             WindowCounter(self.rate_limit_strikes, self.rate_limit_window)
             if self.rate_limit_strikes is not None
@@ -442,6 +531,9 @@ class MessagingView(WsView):
             else None
         )
         self._member_of: set[str] = set()
+
+    def _new_bucket(self, rate: float, burst: int, now: float) -> TokenBucket:
+        return TokenBucket(rate, burst, now, max_credit=rate * (self.max_stall_credit or 0.0))
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -462,6 +554,22 @@ class MessagingView(WsView):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        """Accept and register the socket; it shares its user's rate-limit bucket from now on."""
+        await super().accept(subprotocol, headers)
+        conn = self.connection
+        rate = self.user_rate_limit
+        if rate and self._user_key is None and conn is not None and conn.user_id:
+            self._user_key = conn.user_id
+            bucket = user_buckets(self.registry).acquire(
+                conn.user_id,
+                rate,
+                self.user_rate_burst,
+                self.clock(),
+                max_credit=rate * (self.max_stall_credit or 0.0),
+            )
+            self._buckets = (*self._buckets, bucket)
+
     async def on_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.accept()
         conn = self._conn()
@@ -480,9 +588,12 @@ class MessagingView(WsView):
 
     async def on_receive(self, scope: Scope, receive: Receive, send: Send) -> None:
         now = self.clock()
-        if self._bucket is not None and not self._bucket.take(now):
-            await self._refuse_flood(now)
-            return
+        buckets = self._buckets
+        if buckets:
+            wait = take_all(buckets, now)
+            if wait is not None:
+                await self._refuse_flood(now, wait)
+                return
         data = self.kwargs.get("text")
         if data is None:
             data = self.kwargs.get("bytes") or b""
@@ -490,11 +601,31 @@ class MessagingView(WsView):
         if isinstance(message, InboundError):
             await self.error(message.code, message.detail)
             return
-        await self.handle(message)
+        # While it is handled (the backend may be slow, or down until a timeout) the client's
+        # next frames wait unread: that time is the server's, credited to the buckets.
+        for bucket in buckets:
+            bucket.begin_stall(now)
+        try:
+            await self.handle(message)
+        finally:
+            if buckets:
+                end = self.clock()
+                for bucket in buckets:
+                    bucket.end_stall(end)
 
     async def on_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.announce_presence and self._member_of:
             await self._announce(sorted(self._member_of))
+
+    async def _finish(
+        self, exc: BaseException | None, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        try:
+            return await super()._finish(exc, scope, receive, send)
+        finally:
+            user, self._user_key = self._user_key, None
+            if user is not None:  # its last socket lets the user's bucket go (once refilled)
+                user_buckets(self.registry).release(user, self.clock())
 
     async def join(self, group: str) -> None:
         await super().join(group)
@@ -513,36 +644,73 @@ class MessagingView(WsView):
                 for group in sorted(self._conn().groups):
                     await self._send_frame(await self.presence(group))
             except BackendUnavailable:  # presence spans processes: it needs the backend
-                await self.error(ErrorCode.UNAVAILABLE, "presence unavailable, try again")
+                unavailable = ErrorFrame(
+                    error=ErrorCode.UNAVAILABLE,
+                    detail="presence unavailable, try again",
+                    retry_after=self.retry_after,
+                )
+                await self._send_frame(unavailable.frame())
             return
         if not await self.authorize(message):
             await self.error(ErrorCode.FORBIDDEN, "you may not send this message")
             return
         me = self._conn()
         mine = me.user_id
+        message_id = message.id or uuid.uuid4().hex
         try:
             if isinstance(message, GroupIn):
                 if not await self.group_exists(message.group):
                     await self.error(ErrorCode.UNKNOWN_GROUP, f"no group {message.group!r}")
                     return
-                frame = self._envelope(message, group=message.group)
+                frame = self._envelope(message, group=message.group, message_id=message_id)
                 await self.registry.send_group(message.group, frame)
                 if self.echo_to_sender and mine and message.group not in me.groups:
-                    await self.registry.send_user(mine, frame)
+                    await self._echo(mine, frame)
             elif isinstance(message, DirectIn):
                 target = await self.resolve_user(message.user_name)
                 if target is None:
                     await self.error(ErrorCode.UNKNOWN_USER, f"no user {message.user_name!r}")
                     return
-                frame = self._envelope(message, to=target.username)
+                frame = self._envelope(message, to=target.username, message_id=message_id)
                 await self.registry.send_user(target.id, frame)
                 if self.echo_to_sender and mine and target.id != mine:
-                    await self.registry.send_user(mine, frame)
+                    await self._echo(mine, frame)
             else:
-                await self.registry.broadcast(self._envelope(message))
-        except BackendUnavailable:
-            logger.warning("message from %s not delivered: backend unavailable", mine)
-            await self.error(ErrorCode.UNAVAILABLE, "message not delivered, try again")
+                await self.registry.broadcast(self._envelope(message, message_id=message_id))
+        except BackendUnavailable as exc:
+            await self.undelivered(message_id, exc)
+            return
+        undelivered = _shared(self.registry).undelivered
+        if undelivered.pending:  # the backend is back: what it missed is logged when due
+            undelivered.report(self.clock())
+
+    async def undelivered(self, message_id: str, exc: BackendUnavailable) -> None:
+        """Tell the sender that message ``message_id`` was not sent (or may have been, for
+        :class:`DeliveryUnknown`) and when to try again: the server's failure, not the
+        client's, so no error budget is spent."""
+        unknown = isinstance(exc, DeliveryUnknown)
+        _shared(self.registry).undelivered.record(exc, self.clock())
+        frame = ErrorFrame(
+            error=ErrorCode.UNAVAILABLE,
+            detail=(
+                "message may have been delivered: send it again with the same id"
+                if unknown
+                else "message not sent: the server cannot reach its backend, try again"
+            ),
+            id=message_id,
+            delivered="unknown" if unknown else False,
+            retry_after=self.retry_after,
+        )
+        await self._send_frame(frame.frame())
+
+    async def _echo(self, user_id: str, frame: Frame) -> None:
+        """The sender's copy for all their tabs. The message itself is out already, so if the
+        backend fails now this tab gets its copy directly and no error is reported."""
+        try:
+            await self.registry.send_user(user_id, frame)
+        except BackendUnavailable as exc:
+            logger.debug("the sender's copy went to this tab only: %r", exc)
+            await self._send_frame(frame)
 
     def _envelope(
         self,
@@ -550,13 +718,14 @@ class MessagingView(WsView):
         *,
         group: str | None = None,
         to: str | None = None,
+        message_id: str | None = None,
     ) -> Frame:
         return ChatMessage(
             type=message.type,
             from_=self.user.username,
             text=message.text,
             ts=round(time.time(), 3),
-            id=uuid.uuid4().hex,
+            id=message_id or message.id or uuid.uuid4().hex,
             group=group,
             to=to,
         ).frame()
@@ -578,19 +747,37 @@ class MessagingView(WsView):
     # -- errors and limits -------------------------------------------------------------------
 
     async def error(self, code: ErrorCode, detail: str) -> None:
-        """Send one error frame; past the error budget, also close with 4408."""
+        """Send one error frame for the client's own mistake; past the error budget, also
+        close with 4408."""
         over = self._errors is not None and not self._errors.hit(self.clock())
         await self._send_frame(InboundError(code, detail).frame())
         if over:
+            self._log_close(codes.TOO_MANY_ERRORS, f"over {self.error_budget} errors")
             await self.close(codes.TOO_MANY_ERRORS, "too many errors")
 
-    async def _refuse_flood(self, now: float) -> None:
+    async def _refuse_flood(self, now: float, wait: float) -> None:
         over = self._strikes is not None and not self._strikes.hit(now)
-        await self._send_frame(
-            InboundError(ErrorCode.RATE_LIMITED, "slow down: too many messages").frame()
+        refusal = ErrorFrame(
+            error=ErrorCode.RATE_LIMITED,
+            detail="slow down: too many messages",
+            retry_after=math.ceil(wait * 100) / 100,
         )
+        await self._send_frame(refusal.frame())
         if over:
+            self._log_close(codes.RATE_LIMITED, f"over {self.rate_limit_strikes} refusals")
             await self.close(codes.RATE_LIMITED, "rate limit exceeded")
+
+    def _log_close(self, code: int, why: str) -> None:
+        """One line per socket closed for abuse (never one per refused frame)."""
+        conn = self.connection
+        logger.warning(
+            "closing %s of user %s with %d: %s in %.0f s",
+            "a socket" if conn is None else f"socket {conn.id[:8]}",
+            None if conn is None else conn.user_id,
+            code,
+            why,
+            self.error_window if code == codes.TOO_MANY_ERRORS else self.rate_limit_window,
+        )
 
     async def _send_frame(self, frame: Frame) -> None:
         with contextlib.suppress(ConnectionClosed):

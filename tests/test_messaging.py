@@ -499,6 +499,7 @@ async def test_a_thousand_malformed_frames_one_error_each_socket_stays_open(h: H
     class Tolerant(Quiet):
         error_budget = None
         rate_limit = None
+        user_rate_limit = None
         max_message_size = 256 * 1024
 
     async with h.client("greg", Tolerant) as greg, h.client("chuck", Tolerant) as chuck:
