@@ -6,7 +6,15 @@ A channel is a plain string a backend carries as it is: ``g:<group>`` for a grou
 
 from __future__ import annotations
 
-__all__ = ["BROADCAST", "MAX_GROUP_NAME", "group_channel", "group_of", "user_channel", "user_key"]
+__all__ = [
+    "BROADCAST",
+    "MAX_GROUP_NAME",
+    "group_channel",
+    "group_of",
+    "user_channel",
+    "user_key",
+    "user_of",
+]
 
 BROADCAST = "*"
 #: Longest group name, in characters.
@@ -38,3 +46,8 @@ def user_channel(user_id: object) -> str:
 def group_of(channel: str) -> str | None:
     """The group a channel names, or ``None`` for a user or broadcast channel."""
     return channel[2:] if channel.startswith(_GROUP) else None
+
+
+def user_of(channel: str) -> str | None:
+    """The user id a channel names, or ``None`` for a group or broadcast channel."""
+    return channel[2:] if channel.startswith(_USER) else None

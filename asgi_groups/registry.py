@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -24,7 +25,13 @@ from .backends import Backend, backend_from_url
 from .backends.base import HistoryUnavailable, PresenceEvent
 from .channels import BROADCAST, MAX_GROUP_NAME, group_channel, user_channel, user_key
 from .connection import NOT_OPEN, Connection
-from .errors import ConnectionClosed, MessageTooLarge, RegistryClosed
+from .errors import (
+    AsgiGroupsError,
+    BackendUnavailable,
+    ConnectionClosed,
+    MessageTooLarge,
+    RegistryClosed,
+)
 from .frames import Frame, encode
 from .history import Entry, HistoryLimits, Position, Recovery
 from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_LIMITS, QueueLimits
@@ -40,6 +47,8 @@ __all__ = ["MAX_GROUP_NAME", "Attachment", "PresenceCallback", "PresenceEvent", 
 logger = logging.getLogger("asgi_groups.registry")
 
 Exclude = Connection | str | None
+#: ``handler(connection, cause)``, registered with ``Registry.on_missed``.
+MissedHandler = Callable[[Connection, str], None]
 #: ``callback(event)``, sync or async, registered with ``Registry.on_presence``.
 PresenceCallback = Callable[[PresenceEvent], Awaitable[None] | None]
 
@@ -58,6 +67,11 @@ class Stats:
     dropped: int
     slow_closed: int
     backend: dict[str, Any] = field(default_factory=dict)
+    #: Breaks in the backend survived, and what the connections open then got: told that
+    #: they may have missed messages, or given what they missed from history.
+    breaks: int = 0
+    missed_told: int = 0
+    missed_recovered: int = 0
 
 
 class Registry:
@@ -102,6 +116,13 @@ class Registry:
         self._deliveries = 0
         self._dropped = 0  # by connections that have left
         self._slow_closed = 0
+        #: Breaks in the backend survived; connections told of a possible loss, or recovered.
+        self._breaks = 0
+        self._missed_told = 0
+        self._missed_recovered = 0
+        self._missed_handlers: dict[Connection, MissedHandler] = {}
+        #: ``disconnect_user`` operations waiting for the backend, newest per user.
+        self._revocations: dict[str, dict[str, Any]] = {}
         # bound once, shared by every connection (a bound method per socket costs 64 B)
         self._on_closed = self._detach
         self._groups_of = self.router.groups_of
@@ -269,6 +290,8 @@ class Registry:
         """``conn`` left the open state: take it out of every index, once."""
         if conn not in self.router:
             return
+        if self._missed_handlers:
+            self._missed_handlers.pop(conn, None)
         self._dropped += conn.dropped
         if conn.overflowed:
             self._slow_closed += 1
@@ -404,11 +427,26 @@ class Registry:
     async def disconnect_user(
         self, user_id: object, code: int = codes.UNAUTHORIZED, reason: str = ""
     ) -> None:
-        """Close every socket of ``user_id`` in every process (logout, ban, password change)."""
+        """Close every socket of ``user_id`` in every process (logout, ban, password change).
+
+        This process's sockets close at once, whatever the backend's state. The other
+        processes are told through the backend; while it is unreachable the revocation waits
+        here and goes out when it is back, and a process that missed it (partitioned) applies
+        it when it reconnects. It never raises for the backend's sake: a logout always holds.
+        """
         self._require_started()
-        await self.backend.control(
-            "disconnect_user", {"user_id": user_key(user_id), "code": code, "reason": reason}
-        )
+        key = user_key(user_id)
+        args = {"user_id": key, "code": code, "reason": reason, "at": time.time()}
+        self._apply_control("disconnect_user", args)
+        try:
+            await self.backend.control("disconnect_user", args)
+        except BackendUnavailable as exc:
+            self._revocations[key] = args
+            logger.warning(
+                "user %s disconnected here; other processes are told when the backend is back (%s)",
+                key,
+                exc,
+            )
 
     async def join_user(self, user_id: object, group: str) -> None:
         """Put every connection of ``user_id``, in every process, in ``group``."""
@@ -441,6 +479,118 @@ class Registry:
                 self._perform_now(self.router.leave(conn, str(args["group"])))
         else:
             logger.warning("ignoring unknown control operation %r", op)
+
+    # -- after a break in the backend --------------------------------------------------------
+
+    def _resumed(self, cause: str, down_at: float) -> None:
+        """The backend receives again after a break: repair what the break may have cost."""
+        if self._started:
+            self._breaks += 1
+            self._spawn(self._after_break(cause, down_at))
+
+    async def _after_break(self, cause: str, down_at: float) -> None:
+        """Send the revocations that waited, apply those missed, then repair each connection.
+
+        Recoverable connections get what they missed from history, in place; any other
+        connection is told (see :meth:`Connection.missed`): nothing missed stays silent.
+        """
+        for user_id, args in list(self._revocations.items()):
+            try:
+                await self.backend.control("disconnect_user", args)
+            except BackendUnavailable:
+                break  # down again: the next break retries
+            self._revocations.pop(user_id, None)
+        with contextlib.suppress(BackendUnavailable):
+            users = list(self.router.user_ids())
+            for args in (await self.backend.revocations(users)).values():
+                if float(args.get("at", 0.0)) >= down_at:
+                    self._apply_control("disconnect_user", args)
+        recoveries: dict[tuple[str, Position], asyncio.Task[Recovery]] = {}
+        told = recovered = 0
+        for conn in list(self.router.members()):
+            if not conn.is_open:
+                continue
+            if conn.stream is not None and conn.stream.positions:
+                recovered += 1
+                self._spawn(self._recover_in_place(conn, recoveries, cause))
+            else:
+                told += 1
+                self._tell_missed(conn, cause)
+        self._missed_told += told
+        logger.warning(
+            "backend back after a break (%s): %d connections recover what they missed, "
+            "%d are told they may have missed messages",
+            cause,
+            recovered,
+            told,
+        )
+
+    async def _recover_in_place(
+        self,
+        conn: Connection,
+        recoveries: dict[tuple[str, Position], asyncio.Task[Recovery]],
+        cause: str,
+    ) -> None:
+        """Replay what ``conn`` missed on each channel it has a position for; live messages
+        wait meanwhile. A channel that cannot be recovered tells the connection instead."""
+        stream = conn.stream
+        if stream is None or stream.holding:
+            return  # a resume in progress recovers from the client's own positions
+        stream.hold()
+        complete = True
+        try:
+            for channel, last in list(stream.positions.items()):
+                key = (channel, last)
+                task = recoveries.get(key)
+                if task is None:  # connections at the same place share one read
+                    task = recoveries[key] = asyncio.ensure_future(self.recover(channel, last))
+                answer = await asyncio.shield(task)
+                if not answer.recovered:
+                    complete = False
+                    continue
+                for frame in stream.replay(channel, answer.position.epoch, answer.entries):
+                    if not self._deliver_one(conn, frame):
+                        return
+                if conn.queued[0] * 2 >= conn.limits.max_messages:
+                    await conn.drained()
+        except (AsgiGroupsError, OSError) as exc:
+            logger.info("connection %s cannot recover after the break: %s", conn.id, exc)
+            complete = False
+        finally:
+            for frame in stream.release():
+                if not self._deliver_one(conn, frame):
+                    break
+        if not complete and conn.is_open:
+            self._tell_missed(conn, cause)
+        elif complete:
+            self._missed_recovered += 1
+
+    def on_missed(self, conn: Connection, handler: MissedHandler) -> None:
+        """Call ``handler(conn, cause)`` instead of closing ``conn`` when it may have missed
+        messages (a break in the backend that history could not repair)."""
+        self._missed_handlers[conn] = handler
+
+    def _tell_missed(self, conn: Connection, cause: str) -> None:
+        """Tell ``conn`` it may have missed messages: its handler, else close it with 1013
+        (clients reconnect, reload, and resume where they can)."""
+        handler = self._missed_handlers.get(conn)
+        if handler is None:
+            conn.close(codes.TRY_AGAIN_LATER, "messages may have been missed; reconnect")
+            return
+        try:
+            handler(conn, cause)
+        except Exception:
+            logger.exception("missed-messages handler of connection %s failed", conn.id)
+            conn.close(codes.TRY_AGAIN_LATER, "messages may have been missed; reconnect")
+
+    def _deliver_one(self, conn: Connection, frame: Frame) -> bool:
+        """Deliver to one connection; False (and the connection detached) if it closed."""
+        outcome = conn.deliver(frame)
+        if outcome >= 0:
+            return True
+        if outcome != NOT_OPEN:
+            self._detach(conn)
+        return False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -509,6 +659,9 @@ class Registry:
             dropped=dropped,
             slow_closed=self._slow_closed,
             backend=self.backend.stats(),
+            breaks=self._breaks,
+            missed_told=self._missed_told,
+            missed_recovered=self._missed_recovered,
         )
 
     def _require_started(self) -> None:
@@ -588,10 +741,18 @@ class Attachment:
 class _Local:
     """The registry's local side, as its backend sees it (a :class:`~.backends.base.Sink`)."""
 
-    __slots__ = ("control", "deliver", "presence", "presence_event", "presence_snapshot")
+    __slots__ = (
+        "control",
+        "deliver",
+        "presence",
+        "presence_event",
+        "presence_snapshot",
+        "resumed",
+    )
 
     def __init__(self, registry: Registry) -> None:
         self.deliver = registry._deliver_local
+        self.resumed = registry._resumed
         self.control = registry._apply_control
         self.presence_event = registry._presence_event
         self.presence = registry.router.presence

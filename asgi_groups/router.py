@@ -13,7 +13,7 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
-from .channels import BROADCAST, group_channel, user_channel
+from .channels import BROADCAST, group_channel, user_channel, user_of
 
 __all__ = ["Effect", "Member", "PresenceChanged", "Router", "Subscribe", "Unsubscribe"]
 
@@ -196,6 +196,10 @@ class Router(Generic[M]):
     def user(self, user_id: object) -> Collection[M]:
         """Members of one user (a live view)."""
         return self._users.get(user_channel(user_id)) or _EMPTY  # type: ignore[return-value]
+
+    def user_ids(self) -> list[str]:
+        """The ids of the users with at least one member."""
+        return [user for channel in self._users if (user := user_of(channel)) is not None]
 
     def groups_of(self, member: M) -> frozenset[str]:
         return frozenset(_names(self._members.get(member, ())))

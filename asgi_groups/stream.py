@@ -78,6 +78,12 @@ class Stream:
             return None
         return frame if self._advance(channel, position) else None
 
+    def hold(self) -> None:
+        """Hold live messages again (a recovery in place, after a break in the backend)."""
+        if self._held is None:
+            self._held = []
+            self.overflowed = False
+
     def subscribed_at(self, channel: str, top: Position) -> Position:
         """Where a channel not recovered goes on from: just before its first held message
         (what was published since this connection subscribed), else ``top``."""

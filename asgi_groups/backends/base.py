@@ -56,6 +56,10 @@ class Sink(Protocol):
     def presence_event(self, event: PresenceEvent) -> None:
         """A presence event from any process, for the registry's callbacks."""
 
+    def resumed(self, cause: str, down_at: float) -> None:
+        """Receiving works again after a break that began at ``down_at`` (``time.time()``);
+        whatever was published meanwhile may have been missed."""
+
 
 class HistoryUnavailable(AsgiGroupsError):
     """This backend keeps no history (or history was not configured)."""
@@ -122,6 +126,14 @@ class Backend(ABC):
     @abstractmethod
     async def control(self, op: str, args: dict[str, Any]) -> None:
         """Run a remote-control operation in every process (e.g. ``disconnect_user``)."""
+
+    async def revocations(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The last ``disconnect_user`` of each of ``user_ids`` that is still remembered.
+
+        Asked after a break, for revocations this process may have missed; a backend whose
+        control operations cannot be missed returns nothing.
+        """
+        return {}
 
     @abstractmethod
     async def presence(self, group: str) -> dict[str, int]:

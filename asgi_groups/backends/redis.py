@@ -32,7 +32,7 @@ from typing import Any, Literal, Unpack
 
 from redis.asyncio import Redis
 
-from ..errors import BackendUnavailable, DeliveryUnknown
+from ..errors import BackendUnavailable, DeliveryUnknown, MessageTooLarge
 from ..frames import Frame
 from ..history import Entry, HistoryLimits, Position, Recovery
 from .base import BROADCAST, Backend, HistoryUnavailable
@@ -61,6 +61,7 @@ from .redis_wire import (
     Names,
     pack_control,
     pack_frame,
+    unpack_control,
     unpack_frame,
 )
 
@@ -118,7 +119,7 @@ class RedisBackend(Backend):
         self._clients = Clients(url, self.client_options, self.timing, self.names.client_name())
         #: The Redis Sentinels and the master's name, from the URL or the options (or None).
         self.sentinels, self.service_name = self._clients.sentinels, self._clients.service_name
-        self._state = State(on_backend_down, on_backend_up)
+        self._state = State(on_backend_down, on_backend_up, self._resumed)
         self._subscriptions = Subscriptions(self.names.key_prefix, self.timing.socket_timeout)
         self._presence = Presence(self.names, self.timing, lambda: self._state.down)
         self._listener = Listener(
@@ -128,6 +129,8 @@ class RedisBackend(Backend):
         self._published = 0
         self._errors = 0
         self._unknown = 0
+        #: Largest publish Redis' pub/sub buffers carry safely (read from Redis; None: any).
+        self.max_publish: int | None = None
 
     @property
     def down(self) -> bool:
@@ -151,6 +154,7 @@ class RedisBackend(Backend):
                 f"cannot reach Redis at {safe_url(self.url)}: {exc or type(exc).__name__}"
             ) from exc
         self._started = True
+        await self._read_buffer_limit(redis)
         if not self.listen:
             self._state.down = False
             return
@@ -174,6 +178,9 @@ class RedisBackend(Backend):
             ) from exc
         self._presence.start_heartbeat()
 
+    def _resumed(self, cause: str, down_at: float) -> None:
+        self.sink.resumed(cause, down_at)
+
     async def _reconnected(self) -> None:
         """A listener session is subscribed: drop pooled connections from before, rewrite presence.
 
@@ -183,7 +190,33 @@ class RedisBackend(Backend):
         commands = self._clients.commands
         if self._state.ever_up and commands is not None:
             await commands.connection_pool.disconnect(inuse_connections=False)
+        if commands is not None:
+            await self._read_buffer_limit(commands)
         await self._presence.rewrite()
+
+    async def _read_buffer_limit(self, redis: Redis) -> None:
+        """Read Redis' pub/sub output-buffer limit: a larger publish would cut every subscriber.
+
+        A publish over half the hard limit is refused at the sender (``MessageTooLarge``);
+        where ``CONFIG`` is not allowed, Redis' default (32 MiB) is assumed.
+        """
+        try:
+            reply = await redis.config_get("client-output-buffer-limit")
+        except NETWORK_ERRORS:
+            return
+        text = next(iter(reply.values()), b"")
+        words = (text.decode() if isinstance(text, bytes) else str(text)).split()
+        try:
+            at = words.index("pubsub")
+            hard, soft, seconds = (int(w) for w in words[at + 1 : at + 4])
+        except ValueError:
+            return
+        self.max_publish = hard // 2 if hard else None
+        self._state.hint = (
+            f"Redis cuts a subscriber whose unread output passes client-output-buffer-limit "
+            f"pubsub {hard} {soft} {seconds} (a listener too slow, or messages too large): "
+            f"raise it with CONFIG SET client-output-buffer-limit 'pubsub <hard> <soft> <s>'"
+        )
 
     async def close(self) -> None:
         """Stop the listener, delete this process's presence entries, close every connection."""
@@ -224,6 +257,13 @@ class RedisBackend(Backend):
     async def publish(
         self, channel: str, frame: Frame, exclude: str | None, history: bool = False
     ) -> Position | None:
+        limit = self.max_publish
+        if limit is not None and frame.size > limit:
+            raise MessageTooLarge(
+                f"message of {frame.size} bytes is over {limit} bytes, half of Redis' "
+                f"client-output-buffer-limit for pub/sub: every subscriber would be cut off; "
+                f"send less, or raise that limit"
+            )
         if history and self._history is not None:
             return await self._publish_kept(self._history, channel, frame, exclude)
         await self._publish(self.names.channel_key(channel), pack_frame(frame, exclude))
@@ -243,7 +283,41 @@ class RedisBackend(Backend):
         return position
 
     async def control(self, op: str, args: dict[str, Any]) -> None:
-        await self._publish(self.names.control_key.decode(), pack_control(op, args))
+        data = pack_control(op, args)
+        if op != "disconnect_user":
+            await self._publish(self.names.control_key.decode(), data)
+            return
+        # kept as well as published: a process that misses the message applies it later
+        redis = self._reachable("the revocation was not sent")
+        ttl_ms = max(1, int(self.timing.revocation_ttl * 1000))
+        try:
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.names.revoked_key(str(args["user_id"])), data, px=ttl_ms)
+                pipe.publish(self.names.control_key, data)
+                await pipe.execute()
+        except NETWORK_ERRORS as exc:
+            raise self._publish_failed(exc) from exc
+
+    async def revocations(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The remembered ``disconnect_user`` of each of ``user_ids`` (one MGET per 500)."""
+        redis = self._reachable("revocations cannot be read")
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(user_ids), 500):
+            chunk = user_ids[start : start + 500]
+            try:
+                values = await redis.mget([self.names.revoked_key(u) for u in chunk])
+            except NETWORK_ERRORS as exc:
+                raise BackendUnavailable(f"could not read revocations: {exc}") from exc
+            for user_id, value in zip(chunk, values, strict=True):
+                if not isinstance(value, bytes):
+                    continue
+                try:
+                    op, args = unpack_control(value)
+                except EnvelopeError:
+                    continue
+                if op == "disconnect_user":
+                    found[user_id] = args
+        return found
 
     async def _publish(self, key: str, data: bytes) -> None:
         redis = self._clients.commands

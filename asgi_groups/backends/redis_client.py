@@ -87,16 +87,20 @@ async def execute_once(client: Redis, *args: Any) -> Any:
 class Timing:
     """Every time limit of the Redis backend, in seconds."""
 
-    #: Silence after which the listener's connection is declared dead (it PINGs well before).
-    health_check_interval: float = 5.0
+    #: Silence after which the listener's connection is declared dead (it PINGs every
+    #: quarter of it when idle): how long a silent partition can go unnoticed.
+    health_check_interval: float = 2.0
     #: Lifetime of this process's presence entries; they are rewritten every third of it.
     presence_ttl: float = 30.0
-    #: (first delay, cap) of the listener's reconnection backoff, with full jitter.
-    reconnect_backoff: tuple[float, float] = (0.1, 5.0)
+    #: (first delay, cap) of the listener's reconnection backoff, with full jitter; reset by
+    #: every successful session, so that a healed link is used again within about a second.
+    reconnect_backoff: tuple[float, float] = (0.05, 0.5)
     #: Bound on every command, so that a send during an outage fails fast.
-    socket_timeout: float = 5.0
+    socket_timeout: float = 2.0
     #: Bound on every connection attempt.
-    connect_timeout: float = 2.0
+    connect_timeout: float = 1.0
+    #: How long a ``disconnect_user`` is remembered in Redis for processes that missed it.
+    revocation_ttl: float = 86400.0
 
     def __post_init__(self) -> None:
         if self.health_check_interval <= 0 or self.presence_ttl <= 0:
@@ -104,8 +108,8 @@ class Timing:
         first, cap = self.reconnect_backoff
         if first <= 0 or cap < first:
             raise ValueError("reconnect_backoff is (first delay > 0, cap >= first delay)")
-        if self.socket_timeout <= 0 or self.connect_timeout <= 0:
-            raise ValueError("socket_timeout and connect_timeout must be positive")
+        if self.socket_timeout <= 0 or self.connect_timeout <= 0 or self.revocation_ttl <= 0:
+            raise ValueError("socket_timeout, connect_timeout and revocation_ttl must be positive")
         object.__setattr__(self, "reconnect_backoff", (first, cap))
 
     @property
@@ -147,6 +151,7 @@ class RedisOptions(TypedDict, total=False):
     reconnect_backoff: tuple[float, float]
     socket_timeout: float
     connect_timeout: float
+    revocation_ttl: float
     max_connections: int
     sentinels: Sequence[tuple[str, int]] | None
     service_name: str | None

@@ -34,6 +34,9 @@ logger = logging.getLogger("asgi_groups.redis")
 
 HookFn = Callable[..., object]
 
+#: Seconds between the warnings that Redis is still down (each attempt logs at DEBUG).
+SAY_EVERY = 10.0
+
 
 class HealthCheckFailed(RedisConnectionError):
     """Redis did not answer the listener's PING within ``health_check_interval``."""
@@ -46,13 +49,22 @@ class State:
         self,
         on_backend_down: Callable[[Exception], object] | None,
         on_backend_up: Callable[[], object] | None,
+        on_resumed: Callable[[str, float], None] | None = None,
     ) -> None:
         self.on_backend_down = on_backend_down
         self.on_backend_up = on_backend_up
+        #: ``on_resumed(cause, down_at)``: receiving works again after a break (messages
+        #: published during it may have been missed); called before ``on_backend_up``.
+        self.on_resumed = on_resumed
         #: True while Redis cannot be reached (and before the backend started).
         self.down = True
         self.ever_up = False
         self.down_since = 0.0
+        #: When (``time.time()``) and why the current or last break began.
+        self.down_at = 0.0
+        self.cause = ""
+        #: Said when Redis closes the listener's connection: the limits that may have done it.
+        self.hint = ""
         self.reconnects = 0
         self.background: set[asyncio.Task[Any]] = set()
 
@@ -61,11 +73,14 @@ class State:
             return
         self.down = True
         self.down_since = time.monotonic()
+        self.down_at = time.time()
+        self.cause = f"{type(error).__name__}: {error}"
+        closed_by_redis = "closed by server" in str(error)
         logger.error(
-            "Redis backend DOWN (%s: %s): sends raise BackendUnavailable, local sockets keep "
+            "Redis backend DOWN (%s)%s: sends raise BackendUnavailable, local sockets keep "
             "working; reconnecting",
-            type(error).__name__,
-            error,
+            self.cause,
+            f"; {self.hint}" if closed_by_redis and self.hint else "",
         )
         self._fire(self.on_backend_down, error)
 
@@ -80,6 +95,11 @@ class State:
                 time.monotonic() - self.down_since,
                 channels,
             )
+            if self.on_resumed is not None:
+                try:
+                    self.on_resumed(self.cause, self.down_at)
+                except Exception:
+                    logger.exception("repairing the connections after the break failed")
             self._fire(self.on_backend_up)
         self.ever_up = True
 
@@ -136,6 +156,7 @@ class Listener:
         self.presence_events = 0
         self.errors = 0
         self.skipped = 0
+        self._said = 0.0
 
     def start(self, client: Redis, sink: Sink, first: asyncio.Future[None]) -> None:
         """Start the supervisor; ``first`` gets the outcome of the first session."""
@@ -180,13 +201,27 @@ class Listener:
                 return
             self.errors += 1
             if self.state.down:
-                logger.warning("Redis reconnect attempt %d failed: %s", attempt + 1, error)
+                self._attempt_failed(attempt, error)
             else:
                 attempt = 0
+                self._said = time.monotonic()
                 self.state.mark_down(error)
             initial, cap = self.timing.reconnect_backoff
             await asyncio.sleep(random.uniform(0, min(cap, initial * 2**attempt)))
             attempt = min(attempt + 1, 32)
+
+    def _attempt_failed(self, attempt: int, error: Exception) -> None:
+        """One line per failed attempt at DEBUG; at WARNING, one every ``SAY_EVERY`` seconds."""
+        logger.debug("Redis reconnect attempt %d failed: %s", attempt + 1, error)
+        now = time.monotonic()
+        if now - self._said >= SAY_EVERY:
+            self._said = now
+            logger.warning(
+                "Redis still down after %.0fs (%d attempts; last: %s)",
+                now - self.state.down_since,
+                attempt + 1,
+                error,
+            )
 
     async def _session(self, first: asyncio.Future[None] | None) -> None:
         """One pub/sub connection: connect, subscribe everything, then read until it fails."""

@@ -112,6 +112,11 @@ class Names:
         """The key that says a process is alive (it expires with the process)."""
         return f"{self.prefix}:process:{process_id or self.process_id}"
 
+    def revoked_key(self, user_id: str) -> str:
+        """The last ``disconnect_user`` of a user, kept so that a process that missed it
+        (partitioned at the time) applies it when it reconnects."""
+        return f"{self.prefix}:revoked:{user_id}"
+
     def history_key(self, channel: str) -> str:
         """The stream of ``channel``'s kept messages, entry ID ``<offset>-0``.
 

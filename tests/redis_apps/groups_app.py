@@ -5,6 +5,7 @@ Configured from the environment: ``ASGI_GROUPS_REDIS_URL``, ``ASGI_GROUPS_PREFIX
 
 ``/ws?user=<id>&groups=a,b`` joins the groups, then answers ``{"reply": "ready", "id": ...}``.
 Each JSON command ``{"op": ...}`` gets exactly one ``{"reply": op, "ok": ..., ...}``;
+``{"missed": cause}`` says that messages may have been missed during a break in the backend;
 anything else a socket receives is a message delivered by the registry, as it was sent.
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs
 
 from asgi_groups import BackendUnavailable, Registry, SimpleUser
 from asgi_groups.connection import Connection
+from asgi_groups.frames import encode
 from asgi_groups.types import Receive, Scope, Send
 from tests.support.servers import run_lifespan
 
@@ -58,6 +60,7 @@ async def websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     conn = await registry.connect(send, SimpleUser(user_id, f"user{user_id}"))
+    registry.on_missed(conn, _tell_missed)
     try:
         for group in groups:
             await registry.join(conn, group)
@@ -71,6 +74,11 @@ async def websocket(scope: Scope, receive: Receive, send: Send) -> None:
                 await conn.send(json.dumps(reply))
     finally:
         conn.finish()
+
+
+def _tell_missed(conn: Connection, cause: str) -> None:
+    """After a break in the backend: say so on the socket, which stays open."""
+    conn.deliver(encode(json.dumps({"missed": cause})))
 
 
 async def command(conn: Connection, cmd: dict[str, Any]) -> dict[str, Any]:

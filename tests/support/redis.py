@@ -330,6 +330,8 @@ class WsClient:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.inbox: list[str] = []
+        #: Causes of the "you may have missed messages" notices received.
+        self.missed: list[str] = []
         self.id = ""
 
     @classmethod
@@ -349,6 +351,8 @@ class WsClient:
         async with asyncio.timeout(timeout):
             while True:
                 frame = await self.ws.recv()
+                if self._missed(frame):
+                    continue
                 if isinstance(frame, str) and frame.startswith('{"reply"'):
                     body: dict[str, Any] = json.loads(frame)
                     if body["reply"] == op:
@@ -357,13 +361,20 @@ class WsClient:
                 self.inbox.append(frame)
 
     async def message(self, timeout: float = 5.0) -> str:
-        """The next delivered message (not a reply)."""
+        """The next delivered message (not a reply, not a missed-messages notice)."""
         if self.inbox:
             return self.inbox.pop(0)
         async with asyncio.timeout(timeout):
-            frame = await self.ws.recv()
+            while self._missed(frame := await self.ws.recv()):
+                pass
         assert not (isinstance(frame, str) and frame.startswith('{"reply"')), frame
         return str(frame)
+
+    def _missed(self, frame: Any) -> bool:
+        if isinstance(frame, str) and frame.startswith('{"missed"'):
+            self.missed.append(json.loads(frame)["missed"])
+            return True
+        return False
 
     async def close(self) -> None:
         await self.ws.close()

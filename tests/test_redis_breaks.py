@@ -1,0 +1,168 @@
+"""After a break in Redis nothing is lost silently: missed messages are recovered in place or
+the sockets are told, a logout made meanwhile still lands, and a message too large for Redis'
+pub/sub buffers is refused at the sender instead of cutting every subscriber."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from asgi_groups import HistoryLimits, MessageTooLarge, Registry, SimpleUser
+from asgi_groups.stream import Stream
+from tests.support.redis import GUARD, Inbox, MakeRegistry, PausableProxy, RedisServer
+from tests.support.waiting import wait_until
+
+KEPT = HistoryLimits(size=100)
+
+
+async def recoverable(registry: Registry, user_id: object, group: str) -> Inbox:
+    """A recoverable connection in ``group``, resumed as new (its stream released)."""
+    inbox = Inbox()
+    stream = Stream(registry.limits.max_messages)
+    conn = await registry.connect(inbox, SimpleUser(user_id, f"user{user_id}"), stream=stream)
+    await registry.join(conn, group)
+    for frame in stream.release():
+        conn.deliver(frame)
+    return inbox
+
+
+async def texts(inbox: Inbox, count: int) -> list[tuple[int, str]]:
+    """The next ``count`` envelopes as (offset, text)."""
+    got = []
+    for _ in range(count):
+        body = json.loads(await inbox.text())
+        assert body["type"] == "ag.message", body
+        got.append((body["offset"], body["data"]))
+    return got
+
+
+async def test_a_recoverable_socket_gets_what_it_missed_in_place_after_a_silent_partition(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    proxy = PausableProxy(redis_server.port)
+    await proxy.start()
+    try:
+        deaf = await make(proxy.url, history=KEPT)
+        speaker = await make(history=KEPT)
+        inbox = await recoverable(deaf, 1, "room")
+        await speaker.send_group("room", "m0")
+        assert await texts(inbox, 1) == [(1, "m0")]
+
+        proxy.pause()
+        for n in range(1, 6):  # the deaf process hears none of these live
+            await speaker.send_group("room", f"m{n}")
+        await wait_until(lambda: deaf.stats().backend["down"], timeout=GUARD)
+        proxy.resume()
+        await wait_until(lambda: deaf.stats().missed_recovered == 1, timeout=GUARD)
+        await speaker.send_group("room", "m6")
+
+        # in order, none twice, the socket never closed, nothing to tell
+        assert await texts(inbox, 6) == [(n + 1, f"m{n}") for n in range(1, 7)]
+        assert inbox.empty()
+        assert deaf.stats().missed_told == 0 and deaf.connections(1)[0].is_open
+    finally:
+        await proxy.close()
+
+
+async def test_a_socket_without_history_is_told_it_may_have_missed_messages(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    """The default telling is a 1013 close: clients reconnect, reload and resume."""
+    a = await make()
+    inbox = Inbox()
+    conn = await a.connect(inbox, SimpleUser(1, "one"))
+    with redis_server.client() as raw:
+        raw.client_kill_filter(_type="pubsub")
+    closed = await inbox.next(timeout=GUARD)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 1013)
+    assert "missed" in closed["reason"] and not conn.is_open
+    assert a.stats().breaks == 1 and a.stats().missed_told == 1
+
+
+async def test_a_logout_reaches_a_partitioned_process_when_it_heals(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    proxy = PausableProxy(redis_server.port)
+    await proxy.start()
+    try:
+        deaf = await make(proxy.url)
+        other = await make()
+        inbox = Inbox()
+        await deaf.connect(inbox, SimpleUser(7, "seven"))
+        proxy.pause()
+        await wait_until(lambda: deaf.stats().backend["down"], timeout=GUARD)
+        await other.disconnect_user(7)  # published while the deaf process cannot hear it
+        proxy.resume()
+        closed = await inbox.next(timeout=GUARD)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 4401), closed
+        assert deaf.connections(7) == []
+    finally:
+        await proxy.close()
+
+
+async def test_a_logout_with_redis_down_closes_here_at_once_and_there_when_it_is_back(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    here, there = await make(), await make()
+    inbox_here, inbox_there = Inbox(), Inbox()
+    await here.connect(inbox_here, SimpleUser(7, "seven"))
+    await there.connect(inbox_there, SimpleUser(7, "seven"))
+    redis_server.kill()
+    try:
+        await wait_until(lambda: here.stats().backend["down"] and there.stats().backend["down"])
+        await here.disconnect_user(7)  # does not raise
+        assert await inbox_here.close_code(timeout=0.5) == 4401  # at once, Redis or not
+        assert inbox_there.empty()
+    finally:
+        redis_server.restart()
+    assert await inbox_there.close_code(timeout=GUARD) == 4401
+
+
+@pytest.fixture
+def small_pubsub_buffers(redis_server: RedisServer) -> Iterator[None]:
+    """``client-output-buffer-limit pubsub 64kb 32kb 5`` for one test, restored after it."""
+    with redis_server.client() as raw:
+        before = raw.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+        raw.config_set("client-output-buffer-limit", "pubsub 64kb 32kb 5")
+    try:
+        yield
+    finally:
+        with redis_server.client() as raw:
+            raw.config_set("client-output-buffer-limit", before)
+
+
+@pytest.mark.usefixtures("small_pubsub_buffers")
+async def test_a_publish_too_large_for_redis_pubsub_buffers_is_refused_at_the_sender(
+    make: MakeRegistry,
+) -> None:
+    subscriber, publisher = await make(), await make(listen=False)
+    inbox = Inbox()
+    conn = await subscriber.connect(inbox, SimpleUser(1, "one"))
+    await subscriber.join(conn, "room")
+    big = "x" * 100_000  # under the registry's 1 MiB limit, over what Redis carries here
+    for _ in range(10):
+        with pytest.raises(MessageTooLarge, match="client-output-buffer-limit"):
+            await publisher.send_group("room", big)
+    await publisher.send_group("room", "small")
+    assert await inbox.text() == "small"
+    assert subscriber.stats().breaks == 0 and conn.is_open  # nobody was cut off
+
+
+@pytest.mark.usefixtures("small_pubsub_buffers")
+async def test_a_subscriber_cut_by_redis_buffer_limit_is_logged_with_the_setting(
+    make: MakeRegistry, redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, "asgi_groups.redis")
+    subscriber = await make()
+    inbox = Inbox()
+    conn = await subscriber.connect(inbox, SimpleUser(1, "one"))
+    await subscriber.join(conn, "room")
+    with redis_server.client() as raw:  # a publisher that knows nothing of the limit
+        raw.publish(f"{prefix}:g:room", b"x" * 100_000)
+    await wait_until(lambda: subscriber.stats().breaks == 1, timeout=GUARD)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "client-output-buffer-limit pubsub 65536 32768 5" in said
+    assert (await inbox.next())["code"] == 1013  # and the socket was told
