@@ -233,7 +233,8 @@ FRAMEWORKS = ("fastapi", "starlette", "quart")
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Serve ``examples/chat/<framework>_app.py`` from the source checkout under uvicorn."""
+    """Serve ``examples/chat/<framework>_app.py`` from the source checkout under uvicorn,
+    with the server settings of :mod:`asgi_groups.servers`."""
     root = Path(__file__).resolve().parent.parent
     module = root / "examples" / "chat" / f"{args.framework}_app.py"
     if not module.exists():
@@ -241,7 +242,7 @@ def demo(args: argparse.Namespace) -> int:
             f"the chat example is not here ({module}); run the demo from a source checkout"
         )
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (run_uvicorn starts it)
     except ImportError as exc:
         raise StoreError("the demo needs uvicorn: pip install 'asgi-groups[demo]'") from exc
     sys.path.insert(0, str(root))
@@ -251,12 +252,12 @@ def demo(args: argparse.Namespace) -> int:
     print("log in as any of:")
     for user in SEED_USERS:
         print(f"  {user.username:<8} password {user.password:<8} group {user.group}")
-    uvicorn.run(
-        f"examples.chat.{args.framework}_app:app",
-        host=args.host,
-        port=args.port,
-        app_dir=str(root),
-        log_level="info",
+    from asgi_groups.servers import run_uvicorn
+
+    # the recommended settings: frame size limit = the library's, stalled sockets reset, ping,
+    # bounded graceful shutdown (see asgi_groups.servers and docs/SECURITY.md)
+    run_uvicorn(
+        f"examples.chat.{args.framework}_app:app", host=args.host, port=args.port, log_level="info"
     )
     return 0
 

@@ -361,7 +361,11 @@ class Connection:
             )
 
     def _kill(self) -> None:
-        """The close did not complete in time: cancel the owner so the server drops the socket."""
+        """The close did not complete in time: cancel the owner, so the app lets go of the socket.
+
+        The server may still hold the transport until its buffer drains (uvicorn, hypercorn): with
+        :func:`~asgi_groups.servers.listen_socket` the kernel resets it once stalled.
+        """
         self._close_timer = None
         if self._writer is not None:
             self._writer.cancel()
@@ -369,7 +373,11 @@ class Connection:
         owner = self._owner
         if owner is not None and not owner.done():
             self._killed = True
-            logger.warning("connection %s did not close in time; tearing it down", self.id)
+            logger.warning(
+                "connection %s did not close in time; ending its task (the server drops the socket"
+                " when its send stalls: asgi_groups.servers.listen_socket)",
+                self.id,
+            )
             owner.cancel()
 
     def __repr__(self) -> str:
