@@ -3,6 +3,7 @@
 import { GroupsClient } from "/asgi-groups.js";
 
 const MAX_SHOWN = 500; // messages kept in the list
+const MAX_PENDING = 100; // sent messages remembered until the server echoes them back
 const HISTORY_LIMIT = 50; // messages per channel loaded after a page load or a lost resume
 const CHAT_TYPES = new Set(["broadcast", "group", "direct"]);
 // Welcome reasons of channels that have no history to load.
@@ -22,7 +23,10 @@ let me = null;
 let stopped = false;
 let opened = false; // the current socket opened (a refused handshake never does)
 const presence = new Map(); // group -> [usernames]
-const seen = new Set(); // message ids already shown
+const seen = new Set(); // (sender, message id) pairs already shown: a retry's copy is dropped
+// Messages this page sent and has not seen come back yet, by id: one whose send failed on the
+// server ("unavailable") is sent again once, with the same id.
+const pending = new Map(); // id -> { message, retried }
 const unloaded = new Set(); // channels whose history could not be loaded yet
 
 // -- small DOM helpers ------------------------------------------------------------------
@@ -81,8 +85,10 @@ function clock(ts) {
 
 function showMessage(msg) {
   if (typeof msg.id === "string") {
-    if (seen.has(msg.id)) return;
-    seen.add(msg.id);
+    const key = String(msg.from) + "\u0000" + msg.id;
+    if (msg.from === me) pending.delete(msg.id); // it went out
+    if (seen.has(key)) return;
+    seen.add(key);
     if (seen.size > MAX_SHOWN * 2) seen.delete(seen.values().next().value);
   }
   const item = el("li", "message " + msg.type + (msg.from === me ? " mine" : ""));
@@ -173,6 +179,7 @@ function handle(msg) {
       showMessage(msg);
       break;
     case "error":
+      if (msg.error === "unavailable" && retry(msg)) break;
       showNotice(String(msg.error) + ": " + String(msg.detail), "error");
       break;
     default:
@@ -273,6 +280,45 @@ function stop(reason) {
 
 // -- sending ----------------------------------------------------------------------------
 
+// A message id: 32 hex digits (what the server accepts: up to 64 of A-Z a-z 0-9 _ -).
+function newId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function send(message) {
+  pending.set(message.id, { message, retried: false });
+  if (pending.size > MAX_PENDING) pending.delete(pending.keys().next().value);
+  client.send(message);
+}
+
+// The server could not send one of our messages ("delivered": false) or does not know whether
+// it did ("unknown"): send it again once, after "retry_after" seconds, with the same id, so
+// that pages which got it already drop the copy. True when a retry was scheduled.
+function retry(error) {
+  if (typeof error.id !== "string") return false;
+  if (seen.has(String(me) + "\u0000" + error.id)) return true; // its copy came back: it went out
+  const entry = pending.get(error.id);
+  if (entry === undefined || entry.retried) {
+    if (entry !== undefined) pending.delete(error.id);
+    return false;
+  }
+  entry.retried = true;
+  const seconds = Number.isFinite(error.retry_after) ? Math.min(error.retry_after, 30) : 2;
+  const delay = seconds * 1000 * (1 + Math.random() / 2); // jitter: not every page at once
+  showNotice("not sent yet, trying again in " + Math.ceil(delay / 1000) + " s", "warning");
+  setTimeout(() => {
+    if (!pending.has(entry.message.id) || stopped) return;
+    try {
+      client.send(entry.message);
+    } catch (_) {
+      pending.delete(entry.message.id);
+      showNotice("message not sent: offline", "error");
+    }
+  }, delay);
+  return true;
+}
+
 function updatePickers() {
   groupPicker.hidden = kind.value !== "Group";
   userPicker.hidden = kind.value !== "Direct";
@@ -284,10 +330,10 @@ form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = input.value;
   if (!text.trim() || client.state !== "open") return;
-  const message = { type: kind.value, text };
+  const message = { type: kind.value, text, id: newId() };
   if (kind.value === "Group") message.group = groupPicker.value;
   if (kind.value === "Direct") message.user_name = userPicker.value;
-  client.send(message);
+  send(message);
   input.value = "";
   input.focus();
 });
