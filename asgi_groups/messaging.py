@@ -13,17 +13,22 @@ When the backend (e.g. Redis) fails, the message gets ``{"type": "error", "error
 "retry_after": <seconds>}``: ``false``, it was certainly not sent; ``"unknown"``, it may have
 been (send it again with the same ``id`` and recipients drop the duplicate). ``rate_limited``
 frames carry ``retry_after`` too. Neither counts against the error budget.
+
+Rate limits apply per socket and per user (all the user's sockets in this process: with Redis,
+each process counts its own, which costs no round trip per message); time the server spends
+waiting on its backend is credited to them. See :class:`MessagingView` for the knobs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -391,7 +396,7 @@ class _Undelivered:
     """Counts chat messages the backend did not take and logs them as one line per
     ``interval`` (the first at once): an outage would otherwise log every message of everyone."""
 
-    __slots__ = ("interval", "latest", "lost", "maybe", "next_at", "reported_at")
+    __slots__ = ("_timer", "interval", "latest", "lost", "maybe", "next_at", "reported_at")
 
     def __init__(self, interval: float = UNDELIVERED_LOG_INTERVAL) -> None:
         self.interval = interval
@@ -400,19 +405,29 @@ class _Undelivered:
         self.latest: BaseException | None = None
         self.next_at = float("-inf")
         self.reported_at = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def pending(self) -> int:
         """Messages counted and not yet logged."""
         return self.lost + self.maybe
 
-    def record(self, exc: BackendUnavailable, now: float) -> None:
+    def record(self, exc: BackendUnavailable, clock: Callable[[], float]) -> None:
         if isinstance(exc, DeliveryUnknown):
             self.maybe += 1
         else:
             self.lost += 1
         self.latest = exc
+        now = clock()
         self.report(now)
+        if self.pending and self._timer is None:  # the line is logged when due, traffic or not
+            self._timer = asyncio.get_running_loop().call_later(
+                self.next_at - now, self._due, clock
+            )
+
+    def _due(self, clock: Callable[[], float]) -> None:
+        self._timer = None
+        self.report(clock())
 
     def report(self, now: float) -> None:
         """Log what was counted when a line is due (the interval has passed)."""
@@ -575,22 +590,22 @@ class MessagingView(WsView):
         conn = self._conn()
         self._member_of = set(conn.groups)
         mine = sorted(self._member_of)
-        all_groups, users = await self.users.listing()
-        hello = Hello(
-            user=self.user.username,
-            groups=mine,
-            all_groups=sorted({*all_groups, *mine}),
-            users=users,
-        )
-        await self._send_frame(hello.frame())  # the socket may have been revoked meanwhile
-        if self.announce_presence:
-            await self._announce(mine)
+        with self._stall():  # the listing and the announcement may wait on the backend
+            all_groups, users = await self.users.listing()
+            hello = Hello(
+                user=self.user.username,
+                groups=mine,
+                all_groups=sorted({*all_groups, *mine}),
+                users=users,
+            )
+            await self._send_frame(hello.frame())  # the socket may have been revoked meanwhile
+            if self.announce_presence:
+                await self._announce(mine)
 
     async def on_receive(self, scope: Scope, receive: Receive, send: Send) -> None:
-        now = self.clock()
-        buckets = self._buckets
-        if buckets:
-            wait = take_all(buckets, now)
+        if self._buckets:
+            now = self.clock()
+            wait = take_all(self._buckets, now)
             if wait is not None:
                 await self._refuse_flood(now, wait)
                 return
@@ -601,17 +616,26 @@ class MessagingView(WsView):
         if isinstance(message, InboundError):
             await self.error(message.code, message.detail)
             return
-        # While it is handled (the backend may be slow, or down until a timeout) the client's
-        # next frames wait unread: that time is the server's, credited to the buckets.
+        with self._stall():
+            await self.handle(message)
+
+    @contextlib.contextmanager
+    def _stall(self) -> Iterator[None]:
+        """Server-side work the client's next frames wait for, unread (the backend may be slow,
+        or down until a timeout): the time is the server's, credited to the rate limits."""
+        buckets = self._buckets
+        if not buckets:
+            yield
+            return
+        now = self.clock()
         for bucket in buckets:
             bucket.begin_stall(now)
         try:
-            await self.handle(message)
+            yield
         finally:
-            if buckets:
-                end = self.clock()
-                for bucket in buckets:
-                    bucket.end_stall(end)
+            end = self.clock()
+            for bucket in buckets:
+                bucket.end_stall(end)
 
     async def on_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.announce_presence and self._member_of:
@@ -623,9 +647,12 @@ class MessagingView(WsView):
         try:
             return await super()._finish(exc, scope, receive, send)
         finally:
+            shared = _shared(self.registry)
             user, self._user_key = self._user_key, None
             if user is not None:  # its last socket lets the user's bucket go (once refilled)
-                user_buckets(self.registry).release(user, self.clock())
+                shared.users.release(user, self.clock())
+            if shared.undelivered.pending:  # a line may be due though nobody sends now
+                shared.undelivered.report(self.clock())
 
     async def join(self, group: str) -> None:
         await super().join(group)
@@ -689,7 +716,7 @@ class MessagingView(WsView):
         :class:`DeliveryUnknown`) and when to try again: the server's failure, not the
         client's, so no error budget is spent."""
         unknown = isinstance(exc, DeliveryUnknown)
-        _shared(self.registry).undelivered.record(exc, self.clock())
+        _shared(self.registry).undelivered.record(exc, self.clock)
         frame = ErrorFrame(
             error=ErrorCode.UNAVAILABLE,
             detail=(

@@ -28,6 +28,7 @@ from asgi_groups.messaging import (
     ErrorFrame,
     MessagingView,
     StaticDirectory,
+    _shared,
     user_buckets,
 )
 from asgi_groups.ratelimit import TokenBucket, UserBuckets, take_all
@@ -444,6 +445,35 @@ async def test_an_outage_logs_one_line_per_interval_not_one_per_message(
         await greg.send_json(GROUP)
         await recv(greg)
         assert lines() == []
+
+
+async def test_a_count_left_when_traffic_stops_is_logged_when_due(site: Site) -> None:
+    """No message comes after the outage's last failure: the summary is logged on time anyway."""
+    logged = asyncio.Event()
+    lines: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            logged.set()
+
+    catch = Catch(logging.WARNING)
+    logging.getLogger("asgi_groups.messaging").addHandler(catch)
+    try:
+        async with site.client("greg") as greg:
+            await opened(greg)
+            _shared(site.registry).undelivered.interval = 0.05  # a timer of 0.05 s, real time
+            site.backend.failure = BackendUnavailable
+            for _ in range(3):
+                await greg.send_json(GROUP)
+                await recv(greg)
+            assert len(lines) == 1
+            logged.clear()
+            site.clock.advance(0.05)  # due by the view's clock, when the timer fires
+            await asyncio.wait_for(logged.wait(), 5)
+        assert lines[1].startswith("chat messages the backend did not take in the last 0 s: 2 ")
+    finally:
+        logging.getLogger("asgi_groups.messaging").removeHandler(catch)
 
 
 async def test_a_client_closed_for_abuse_is_one_line(
