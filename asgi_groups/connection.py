@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -82,6 +83,7 @@ class Connection:
         "dropped",
         "id",
         "limits",
+        "opened_at",
         "overflowed",
         "stream",
         "user",
@@ -105,6 +107,8 @@ class Connection:
             str(user.id) if user is not None and user.is_authenticated else None
         )
         self.limits = limits
+        #: When it was registered (``time.time()``): a revocation closes only older sockets.
+        self.opened_at = time.time()
         self.close_code: int | None = None
         #: Frames dropped for this connection to make room (``overflow="drop_oldest"``).
         self.dropped = 0

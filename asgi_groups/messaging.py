@@ -8,7 +8,9 @@ else the server makes one). Outbound envelopes ``{"type", "from", "text", "ts", 
 
 Bad input gets one ``{"type": "error", "error": code, "detail": ...}`` frame and the socket stays
 open; floods and endless errors are closed with 4429 / 4408, and only for what the client did.
-When the backend (e.g. Redis) fails, the message gets ``{"type": "error", "error":
+After a break in the backend a socket gets ``{"type": "error", "error": "missed", "detail":
+...}`` (messages sent meanwhile may be missing; the socket stays open). When the backend
+(e.g. Redis) fails, the message gets ``{"type": "error", "error":
 "unavailable", "detail": ..., "id": <the message's id>, "delivered": false | "unknown",
 "retry_after": <seconds>}``: ``false``, it was certainly not sent; ``"unknown"``, it may have
 been (send it again with the same ``id`` and recipients drop the duplicate). ``rate_limited``
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
 from . import codes
+from .connection import Connection
 from .errors import AsgiGroupsError, BackendUnavailable, ConnectionClosed, DeliveryUnknown
 from .frames import Frame
 from .limits import KiB
@@ -128,6 +131,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
+    #: Not a refusal: messages may have been missed during a break in the backend.
+    MISSED = "missed"
 
 
 class _Inbound(BaseModel):
@@ -183,6 +188,11 @@ _TYPES_HELP = "expected type BroadCast, Group, Direct or Presence"
 # -- protocol: outbound ------------------------------------------------------------------------
 
 
+def _tell_missed(conn: Connection, cause: str) -> None:
+    """After a break in the backend: one ``missed`` frame; the socket stays open."""
+    conn.deliver(MISSED)
+
+
 class _Outbound(BaseModel):
     model_config = ConfigDict(frozen=True, serialize_by_alias=True)
 
@@ -218,6 +228,13 @@ class ErrorFrame(_Outbound):
     id: str | None = None
     delivered: Literal[False, "unknown"] | None = None
     retry_after: float | None = None
+
+
+#: Told to a socket when messages may have been missed (the backend was unreachable).
+MISSED = ErrorFrame(
+    error=ErrorCode.MISSED,
+    detail="messages sent while the server was cut off from its backend may be missing",
+).frame()
 
 
 class Presence(_Outbound):
@@ -573,6 +590,8 @@ class MessagingView(WsView):
         """Accept and register the socket; it shares its user's rate-limit bucket from now on."""
         await super().accept(subprotocol, headers)
         conn = self.connection
+        if conn is not None:
+            self.registry.on_missed(conn, _tell_missed)
         rate = self.user_rate_limit
         if rate and self._user_key is None and conn is not None and conn.user_id:
             self._user_key = conn.user_id

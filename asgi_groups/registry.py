@@ -13,6 +13,8 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,7 +38,7 @@ from .frames import Frame, encode
 from .history import Entry, HistoryLimits, Position, Recovery
 from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_LIMITS, QueueLimits
 from .router import Effect, PresenceChanged, Router, Subscribe, Unsubscribe
-from .stream import Stream, message_frame
+from .stream import Stream, error_frame, message_frame
 from .types import Send, UserLike
 
 if TYPE_CHECKING:
@@ -54,6 +56,14 @@ PresenceCallback = Callable[[PresenceEvent], Awaitable[None] | None]
 
 _SYNC_LOCK = threading.Lock()
 
+#: Seconds of clock difference between processes allowed for when placing a revocation in
+#: a break (a revocation made that long before it began is applied again after it).
+CLOCK_SKEW = 1.0
+#: What a recoverable connection is told when the backend stops receiving.
+INTERRUPTED = error_frame(
+    "interrupted", "live messages are interrupted; what is missed follows when they resume"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Stats:
@@ -67,8 +77,8 @@ class Stats:
     dropped: int
     slow_closed: int
     backend: dict[str, Any] = field(default_factory=dict)
-    #: Breaks in the backend survived, and what the connections open then got: told that
-    #: they may have missed messages, or given what they missed from history.
+    #: Breaks in the backend survived (counted once repaired), and what the connections open
+    #: then got: told that they may have missed messages, or given what they missed.
     breaks: int = 0
     missed_told: int = 0
     missed_recovered: int = 0
@@ -121,6 +131,10 @@ class Registry:
         self._missed_told = 0
         self._missed_recovered = 0
         self._missed_handlers: dict[Connection, MissedHandler] = {}
+        #: Names this registry in the revocations it sends (its own clock needs no margin).
+        self._origin = os.urandom(8).hex()
+        #: Connections told when the current break began (not told again when it ends).
+        self._told: set[Connection] = set()
         #: ``disconnect_user`` operations waiting for the backend, newest per user.
         self._revocations: dict[str, dict[str, Any]] = {}
         # bound once, shared by every connection (a bound method per socket costs 64 B)
@@ -292,6 +306,8 @@ class Registry:
             return
         if self._missed_handlers:
             self._missed_handlers.pop(conn, None)
+        if self._told:
+            self._told.discard(conn)
         self._dropped += conn.dropped
         if conn.overflowed:
             self._slow_closed += 1
@@ -436,7 +452,13 @@ class Registry:
         """
         self._require_started()
         key = user_key(user_id)
-        args = {"user_id": key, "code": code, "reason": reason, "at": time.time()}
+        args = {
+            "user_id": key,
+            "code": code,
+            "reason": reason,
+            "at": time.time(),
+            "origin": self._origin,
+        }
         self._apply_control("disconnect_user", args)
         try:
             await self.backend.control("disconnect_user", args)
@@ -464,8 +486,16 @@ class Registry:
         """Apply a remote-control operation from any process to this process's connections."""
         conns = list(self.router.user(args.get("user_id")))
         if op == "disconnect_user":
+            # sockets opened after the revocation (a new login) stay; another process's clock
+            # may be behind ours, so its revocations also take sockets up to CLOCK_SKEW newer
+            at = float(args.get("at", math.inf))
+            if args.get("origin") != self._origin:
+                at += CLOCK_SKEW
             for conn in conns:
-                conn.close(int(args.get("code", codes.UNAUTHORIZED)), str(args.get("reason", "")))
+                if conn.opened_at <= at:
+                    conn.close(
+                        int(args.get("code", codes.UNAUTHORIZED)), str(args.get("reason", ""))
+                    )
         elif op == "join_user":
             group = str(args["group"])
             for conn in conns:
@@ -482,10 +512,29 @@ class Registry:
 
     # -- after a break in the backend --------------------------------------------------------
 
+    def _interrupted(self, cause: str) -> None:
+        """The backend stopped receiving: tell every connection now, however long it lasts.
+
+        Recoverable connections get an ``ag.error`` "interrupted" frame and keep their socket
+        (what they miss is replayed when the backend is back); any other connection is told
+        it may miss messages (:meth:`on_missed`, else a 1013 close).
+        """
+        if not self._started:
+            return
+        told = self._told
+        for conn in list(self.router.members()):
+            if not conn.is_open:
+                continue
+            told.add(conn)
+            if conn.stream is not None and conn.stream.positions:
+                self._deliver_one(conn, INTERRUPTED)
+            else:
+                self._tell_missed(conn, cause)
+                self._missed_told += 1
+
     def _resumed(self, cause: str, down_at: float) -> None:
         """The backend receives again after a break: repair what the break may have cost."""
         if self._started:
-            self._breaks += 1
             self._spawn(self._after_break(cause, down_at))
 
     async def _after_break(self, cause: str, down_at: float) -> None:
@@ -503,20 +552,22 @@ class Registry:
         with contextlib.suppress(BackendUnavailable):
             users = list(self.router.user_ids())
             for args in (await self.backend.revocations(users)).values():
-                if float(args.get("at", 0.0)) >= down_at:
+                if float(args.get("at", 0.0)) >= down_at - CLOCK_SKEW:
                     self._apply_control("disconnect_user", args)
         recoveries: dict[tuple[str, Position], asyncio.Task[Recovery]] = {}
         told = recovered = 0
+        already, self._told = self._told, set()
         for conn in list(self.router.members()):
             if not conn.is_open:
                 continue
             if conn.stream is not None and conn.stream.positions:
                 recovered += 1
                 self._spawn(self._recover_in_place(conn, recoveries, cause))
-            else:
+            elif conn not in already:  # opened during the break: not told yet
                 told += 1
                 self._tell_missed(conn, cause)
         self._missed_told += told
+        self._breaks += 1
         logger.warning(
             "backend back after a break (%s): %d connections recover what they missed, "
             "%d are told they may have missed messages",
@@ -744,6 +795,7 @@ class _Local:
     __slots__ = (
         "control",
         "deliver",
+        "interrupted",
         "presence",
         "presence_event",
         "presence_snapshot",
@@ -752,6 +804,7 @@ class _Local:
 
     def __init__(self, registry: Registry) -> None:
         self.deliver = registry._deliver_local
+        self.interrupted = registry._interrupted
         self.resumed = registry._resumed
         self.control = registry._apply_control
         self.presence_event = registry._presence_event

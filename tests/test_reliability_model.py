@@ -5,13 +5,15 @@ disconnect, revoke a user, ask for presence, and kill or restart redis-server. A
 send the machine publishes a barrier broadcast and waits for it on every open connection:
 Redis delivers a process's messages in publish order, so once the barrier is in, every
 connection's inbox must hold exactly what the model says, in order. While Redis is down every
-send, revocation and presence query must raise ``BackendUnavailable``; after the restart and
-the reconnection everything behaves as the model says again.
+send and presence query must raise ``BackendUnavailable``, every socket is told once that it
+may miss messages, and a revocation closes its own registry's sockets at once and the other's
+after the restart; then everything behaves as the model says again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from hypothesis.stateful import (
 
 from asgi_groups import BackendUnavailable, Registry, SimpleUser, codes
 from asgi_groups.connection import Connection
+from asgi_groups.registry import CLOCK_SKEW
 from tests.support.redis import Inbox, RedisServer
 
 T = TypeVar("T")
@@ -44,6 +47,8 @@ OPTIONS: dict[str, Any] = {
     "reconnect_backoff": (0.02, 0.2),
 }
 MAX_OPEN = 8
+#: What a tab's inbox gets when it is told it may have missed messages (a break in Redis).
+MISSED = "<missed>"
 
 
 @dataclass
@@ -56,6 +61,15 @@ class Tab:
     inbox: Inbox
     groups: set[str] = field(default_factory=set)
     expected: list[str] = field(default_factory=list)
+
+
+def keep_open(registry: Registry, conn: Connection, inbox: Inbox) -> None:
+    """Tell the tab of a break by a marker in its inbox, as an app's on_missed handler would
+    (the default, a 1013 close, is checked elsewhere)."""
+    registry.on_missed(
+        conn,
+        lambda _conn, _cause: inbox.queue.put_nowait({"type": "websocket.send", "text": MISSED}),
+    )
 
 
 async def finish(conn: Connection) -> None:
@@ -77,6 +91,11 @@ class Registries(RuleBasedStateMachine):
         self.handles = 0
         self.sent = 0
         self.down = False
+        #: Outages survived so far; tabs opened during the current one.
+        self.outages = 0
+        self.opened_while_down: set[int] = set()
+        #: Revocations made while Redis was down: (registry, user, at).
+        self.revoked_while_down: list[tuple[int, int, float]] = []
 
     def run(self, coro: Awaitable[T]) -> T:
         return self.loop.run_until_complete(asyncio.wait_for(coro, 15))  # type: ignore[arg-type]
@@ -98,6 +117,7 @@ class Registries(RuleBasedStateMachine):
             # the barrier must reach every registry, also one with no tab of the model open
             inbox = Inbox()
             conn = self.run(registry.connect(inbox, None))
+            keep_open(registry, conn, inbox)
             self.watchers.append(Tab(len(self.registries) - 1, 0, conn, inbox))
 
     def teardown(self) -> None:
@@ -161,8 +181,11 @@ class Registries(RuleBasedStateMachine):
         inbox = Inbox()
         reg = self.registries[registry]
         conn = self.run(reg.connect(inbox, SimpleUser(user, f"user{user}")))
+        keep_open(reg, conn, inbox)
         self.handles += 1
         self.tabs[self.handles] = Tab(registry, user, conn, inbox)
+        if self.down:
+            self.opened_while_down.add(self.handles)
 
     @precondition(lambda self: self.tabs)
     @rule(data=st.data(), group=st.sampled_from(GROUPS))
@@ -182,7 +205,9 @@ class Registries(RuleBasedStateMachine):
     @rule(data=st.data())
     def disconnect(self, data: st.DataObject) -> None:
         """The client went away: the view's ``finally`` calls ``finish``."""
-        tab = self.tabs.pop(self.pick(data))
+        handle = self.pick(data)
+        tab = self.tabs.pop(handle)
+        self.opened_while_down.discard(handle)
         self.run(finish(tab.conn))
 
     @rule(
@@ -218,15 +243,27 @@ class Registries(RuleBasedStateMachine):
 
     @rule(registry=st.integers(0, 1), user=st.sampled_from(USERS))
     def disconnect_user(self, registry: int, user: int) -> None:
-        """Every tab of ``user``, on both registries, is closed with 4401."""
-        if not self.publish(registry, lambda r: r.disconnect_user(user)):
-            return
+        """Every tab of ``user``, on both registries, is closed with 4401: at once on the
+        registry that revoked, whatever Redis' state; on the other when Redis is back."""
+        before = time.time()
+        self.run(self.registries[registry].disconnect_user(user))  # never raises
         for handle in [h for h, t in self.tabs.items() if t.user == user]:
-            tab = self.tabs.pop(handle)
-            event = self.run(tab.inbox.next(5.0))
-            assert event == {"type": "websocket.close", "code": codes.UNAUTHORIZED, "reason": ""}
-            self.run(finish(tab.conn))
+            if self.down and self.tabs[handle].registry != registry:
+                continue
+            self.close_tab(handle)
+        if self.down:
+            self.revoked_while_down.append((registry, user, before))
         self.settle()
+
+    def close_tab(self, handle: int) -> None:
+        """The tab's next event (after any break markers) is its 4401 close."""
+        tab = self.tabs.pop(handle)
+        self.opened_while_down.discard(handle)
+        while (event := self.run(tab.inbox.next(5.0))).get("text") == MISSED:
+            if tab.expected and tab.expected[0] == MISSED:
+                tab.expected.pop(0)
+        assert event == {"type": "websocket.close", "code": codes.UNAUTHORIZED, "reason": ""}
+        self.run(finish(tab.conn))
 
     @rule(registry=st.integers(0, 1), group=st.sampled_from(GROUPS))
     def presence(self, registry: int, group: str) -> None:
@@ -258,6 +295,9 @@ class Registries(RuleBasedStateMachine):
         self.server.kill()
         self.down = True
         self.run(self.until(lambda: all(r.backend.down for r in self.registries)))  # type: ignore[attr-defined]
+        # every socket is told at once that messages may be missed
+        for tab in [*self.tabs.values(), *self.watchers]:
+            tab.expected.append(MISSED)
 
     @precondition(lambda self: self.down)
     @rule()
@@ -266,6 +306,20 @@ class Registries(RuleBasedStateMachine):
         self.server.start()
         self.run(self.until(lambda: not any(r.backend.down for r in self.registries)))  # type: ignore[attr-defined]
         self.down = False
+        self.outages += 1
+        self.run(self.until(lambda: all(r.stats().breaks == self.outages for r in self.registries)))
+        # revocations made during the outage land on the other registry now, on the sockets
+        # opened before them (a socket of another registry up to CLOCK_SKEW newer, too)
+        for registry, user, at in self.revoked_while_down:
+            for handle, tab in list(self.tabs.items()):
+                limit = at if tab.registry == registry else at + CLOCK_SKEW
+                if tab.user == user and tab.conn.opened_at <= limit:
+                    self.close_tab(handle)
+        self.revoked_while_down.clear()
+        # the sockets opened during the outage are told when it ends
+        for handle in self.opened_while_down:
+            self.tabs[handle].expected.append(MISSED)
+        self.opened_while_down.clear()
         self.settle()
 
     @invariant()

@@ -73,8 +73,9 @@ async def next_of(ws: ClientConnection, *kinds: str) -> dict[str, Any]:
 async def test_chat_during_a_redis_outage_answers_unavailable_and_recovers(
     site: Site, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """While Redis is down every group, direct, broadcast and presence request gets one
-    ``unavailable`` error frame and the socket stays open (no 1011, nothing logged as a view
+    """While Redis is down each socket is told once that messages may be missed, every group,
+    direct, broadcast and presence request gets one ``unavailable`` error frame and the
+    socket stays open (no 1011, nothing logged as a view
     error); sockets open and close meanwhile; after the restart messages flow again."""
     caplog.set_level(logging.ERROR, "asgi_groups.views")
     async with site.ws("greg") as greg, site.ws("amanda") as amanda:
@@ -87,6 +88,8 @@ async def test_chat_during_a_redis_outage_answers_unavailable_and_recovers(
         redis_server.kill()
         try:
             await wait_until(lambda: site.down)
+            # told at once that messages may be missed; the socket stays open
+            assert (await next_of(greg, "error"))["error"] == "missed"
             for message in (
                 {"type": "Group", "group": "boys", "text": "x"},
                 {"type": "Direct", "user_name": "amanda", "text": "x"},

@@ -56,6 +56,9 @@ class Sink(Protocol):
     def presence_event(self, event: PresenceEvent) -> None:
         """A presence event from any process, for the registry's callbacks."""
 
+    def interrupted(self, cause: str) -> None:
+        """Receiving stopped (``cause``): what is published from now on may be missed."""
+
     def resumed(self, cause: str, down_at: float) -> None:
         """Receiving works again after a break that began at ``down_at`` (``time.time()``);
         whatever was published meanwhile may have been missed."""

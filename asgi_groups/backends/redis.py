@@ -119,7 +119,7 @@ class RedisBackend(Backend):
         self._clients = Clients(url, self.client_options, self.timing, self.names.client_name())
         #: The Redis Sentinels and the master's name, from the URL or the options (or None).
         self.sentinels, self.service_name = self._clients.sentinels, self._clients.service_name
-        self._state = State(on_backend_down, on_backend_up, self._resumed)
+        self._state = State(on_backend_down, on_backend_up, self._resumed, self._interrupted)
         self._subscriptions = Subscriptions(self.names.key_prefix, self.timing.socket_timeout)
         self._presence = Presence(self.names, self.timing, lambda: self._state.down)
         self._listener = Listener(
@@ -178,8 +178,13 @@ class RedisBackend(Backend):
             ) from exc
         self._presence.start_heartbeat()
 
+    def _interrupted(self, cause: str) -> None:
+        if self.listen:
+            self.sink.interrupted(cause)
+
     def _resumed(self, cause: str, down_at: float) -> None:
-        self.sink.resumed(cause, down_at)
+        if self.listen:
+            self.sink.resumed(cause, down_at)
 
     async def _reconnected(self) -> None:
         """A listener session is subscribed: drop pooled connections from before, rewrite presence.

@@ -94,7 +94,7 @@ class Timing:
     presence_ttl: float = 30.0
     #: (first delay, cap) of the listener's reconnection backoff, with full jitter; reset by
     #: every successful session, so that a healed link is used again within about a second.
-    reconnect_backoff: tuple[float, float] = (0.05, 0.5)
+    reconnect_backoff: tuple[float, float] = (0.05, 0.25)
     #: Bound on every command, so that a send during an outage fails fast.
     socket_timeout: float = 2.0
     #: Bound on every connection attempt.

@@ -36,6 +36,19 @@ HookFn = Callable[..., object]
 
 #: Seconds between the warnings that Redis is still down (each attempt logs at DEBUG).
 SAY_EVERY = 10.0
+#: While Redis is unreachable, a connection attempt starts every this many seconds ...
+PROBE_EVERY = 0.25
+#: ... with at most this many waiting at once.
+MAX_PROBES = 8
+
+
+async def _probe(conn: Any) -> None:
+    """Connect one spare connection and close it: can Redis be reached now?"""
+    try:
+        await conn.connect()
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
 
 
 class HealthCheckFailed(RedisConnectionError):
@@ -50,12 +63,15 @@ class State:
         on_backend_down: Callable[[Exception], object] | None,
         on_backend_up: Callable[[], object] | None,
         on_resumed: Callable[[str, float], None] | None = None,
+        on_interrupted: Callable[[str], None] | None = None,
     ) -> None:
         self.on_backend_down = on_backend_down
         self.on_backend_up = on_backend_up
         #: ``on_resumed(cause, down_at)``: receiving works again after a break (messages
         #: published during it may have been missed); called before ``on_backend_up``.
         self.on_resumed = on_resumed
+        #: ``on_interrupted(cause)``: receiving stopped; called before ``on_backend_down``.
+        self.on_interrupted = on_interrupted
         #: True while Redis cannot be reached (and before the backend started).
         self.down = True
         self.ever_up = False
@@ -68,12 +84,14 @@ class State:
         self.reconnects = 0
         self.background: set[asyncio.Task[Any]] = set()
 
-    def mark_down(self, error: Exception) -> None:
+    def mark_down(self, error: Exception, heard_at: float | None = None) -> None:
+        """Down because of ``error``; ``heard_at`` (``time.time()``): when Redis was last heard,
+        the start of what may have been missed."""
         if self.down:
             return
         self.down = True
         self.down_since = time.monotonic()
-        self.down_at = time.time()
+        self.down_at = time.time() if heard_at is None else heard_at
         self.cause = f"{type(error).__name__}: {error}"
         closed_by_redis = "closed by server" in str(error)
         logger.error(
@@ -82,6 +100,11 @@ class State:
             self.cause,
             f"; {self.hint}" if closed_by_redis and self.hint else "",
         )
+        if self.on_interrupted is not None:
+            try:
+                self.on_interrupted(self.cause)
+            except Exception:
+                logger.exception("telling the connections of the break failed")
         self._fire(self.on_backend_down, error)
 
     def mark_up(self, channels: int) -> None:
@@ -205,10 +228,37 @@ class Listener:
             else:
                 attempt = 0
                 self._said = time.monotonic()
-                self.state.mark_down(error)
+                silent = asyncio.get_running_loop().time() - self._last_rx
+                self.state.mark_down(error, time.time() - max(0.0, silent))
             initial, cap = self.timing.reconnect_backoff
             await asyncio.sleep(random.uniform(0, min(cap, initial * 2**attempt)))
             attempt = min(attempt + 1, 32)
+            await self._reachable()
+
+    async def _reachable(self) -> None:
+        """Return once a connection to Redis can be made again.
+
+        A new attempt starts every ``PROBE_EVERY`` seconds (jittered) while earlier ones still
+        wait for their ``connect_timeout``: after a silent partition heals, a SYN sent before
+        it would only be retried by the kernel a second or more later.
+        """
+        assert self.client is not None
+        pool = self.client.connection_pool
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while not self.closing:
+                if len(pending) < MAX_PROBES:
+                    conn = pool.make_connection()  # type: ignore[no-untyped-call]
+                    pending.add(asyncio.ensure_future(_probe(conn)))
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=random.uniform(0.5, 1.5) * PROBE_EVERY,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if any(not task.cancelled() and task.exception() is None for task in done):
+                    return
+        finally:
+            await cancel_all(list(pending))
 
     def _attempt_failed(self, attempt: int, error: Exception) -> None:
         """One line per failed attempt at DEBUG; at WARNING, one every ``SAY_EVERY`` seconds."""

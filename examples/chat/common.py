@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from asgi_groups import Registry, codes
+from asgi_groups import AsgiGroupsError, Registry, codes
 from asgi_groups.auth import AuthUser, SqlUserStore, UserExists
 from asgi_groups.browser import ClientScript
 from asgi_groups.history import HistoryLimits
@@ -211,10 +211,17 @@ async def check_login(
 
 
 async def log_out(registry: Registry, user_id: object) -> None:
-    """Close every socket of the user, in every process, with 4401 (the page stops there)."""
+    """Close every socket of the user, in every process, with 4401 (the page stops there).
+
+    It never fails the logout: the cookie is cleared whatever happens here (the registry
+    closes this process's sockets at once and tells the others as soon as it can).
+    """
     if user_id is None:
         return
-    await registry.disconnect_user(user_id, codes.UNAUTHORIZED, "logged out")
+    try:
+        await registry.disconnect_user(user_id, codes.UNAUTHORIZED, "logged out")
+    except AsgiGroupsError as exc:  # e.g. a registry that is not started
+        logger.warning("logout of user %s: sockets not closed: %s", user_id, exc)
 
 
 # -- the WebSocket view ------------------------------------------------------------------------
