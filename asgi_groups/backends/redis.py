@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, Unpack
@@ -64,6 +66,13 @@ from .redis_wire import (
     unpack_control,
     unpack_frame,
 )
+
+logger = logging.getLogger("asgi_groups.redis")
+
+#: A publish larger than this re-reads Redis' pub/sub buffer limit first, at most every
+#: ``RECHECK_EVERY`` seconds (an operator may have lowered it since it was read).
+RECHECK_ABOVE = 16 * 1024
+RECHECK_EVERY = 1.0
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -131,6 +140,7 @@ class RedisBackend(Backend):
         self._unknown = 0
         #: Largest publish Redis' pub/sub buffers carry safely (read from Redis; None: any).
         self.max_publish: int | None = None
+        self._limit_read = 0.0
 
     @property
     def down(self) -> bool:
@@ -217,11 +227,20 @@ class RedisBackend(Backend):
         except ValueError:
             return
         self.max_publish = hard // 2 if hard else None
-        self._state.hint = (
-            f"Redis cuts a subscriber whose unread output passes client-output-buffer-limit "
-            f"pubsub {hard} {soft} {seconds} (a listener too slow, or messages too large): "
-            f"raise it with CONFIG SET client-output-buffer-limit 'pubsub <hard> <soft> <s>'"
-        )
+        self._limit_read = time.monotonic()
+        if self._state.down and self._state.closed_by_redis:
+            logger.warning(
+                "Redis had closed this process's pub/sub connection; if not by a restart or a "
+                "CLIENT KILL, its output-buffer limit did: client-output-buffer-limit pubsub "
+                "%d %d %d cuts a subscriber whose unread messages pass %d bytes (or %d for %d s)"
+                "; raise it with CONFIG SET client-output-buffer-limit 'pubsub <hard> <soft> <s>'",
+                hard,
+                soft,
+                seconds,
+                hard,
+                soft,
+                seconds,
+            )
 
     async def close(self) -> None:
         """Stop the listener, delete this process's presence entries, close every connection."""
@@ -262,6 +281,10 @@ class RedisBackend(Backend):
     async def publish(
         self, channel: str, frame: Frame, exclude: str | None, history: bool = False
     ) -> Position | None:
+        if frame.size > RECHECK_ABOVE and time.monotonic() - self._limit_read > RECHECK_EVERY:
+            redis = self._clients.commands
+            if redis is not None and not (self.down and self.listen):
+                await self._read_buffer_limit(redis)  # it may have been lowered since
         limit = self.max_publish
         if limit is not None and frame.size > limit:
             raise MessageTooLarge(

@@ -34,6 +34,11 @@ logger = logging.getLogger("asgi_groups.redis")
 
 HookFn = Callable[..., object]
 
+#: Said when Redis closed the listener's connection (the limit is logged once reconnected).
+CLOSED_HINT = (
+    " - Redis closed it: a restart, a CLIENT KILL, or its client-output-buffer-limit for pub/sub"
+    " (a listener too slow, or a message too large)"
+)
 #: Seconds between the warnings that Redis is still down (each attempt logs at DEBUG).
 SAY_EVERY = 10.0
 #: While Redis is unreachable, a connection attempt starts every this many seconds ...
@@ -79,8 +84,6 @@ class State:
         #: When (``time.time()``) and why the current or last break began.
         self.down_at = 0.0
         self.cause = ""
-        #: Said when Redis closes the listener's connection: the limits that may have done it.
-        self.hint = ""
         self.reconnects = 0
         self.background: set[asyncio.Task[Any]] = set()
 
@@ -93,12 +96,11 @@ class State:
         self.down_since = time.monotonic()
         self.down_at = time.time() if heard_at is None else heard_at
         self.cause = f"{type(error).__name__}: {error}"
-        closed_by_redis = "closed by server" in str(error)
         logger.error(
             "Redis backend DOWN (%s)%s: sends raise BackendUnavailable, local sockets keep "
             "working; reconnecting",
             self.cause,
-            f"; {self.hint}" if closed_by_redis and self.hint else "",
+            CLOSED_HINT if self.closed_by_redis else "",
         )
         if self.on_interrupted is not None:
             try:
@@ -106,6 +108,11 @@ class State:
             except Exception:
                 logger.exception("telling the connections of the break failed")
         self._fire(self.on_backend_down, error)
+
+    @property
+    def closed_by_redis(self) -> bool:
+        """True when the current or last break began with Redis closing the connection."""
+        return "closed by server" in self.cause
 
     def mark_up(self, channels: int) -> None:
         if not self.down:
