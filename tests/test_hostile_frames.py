@@ -55,6 +55,7 @@ class Tolerant(Quiet):
 
     error_budget = None
     rate_limit = None
+    user_rate_limit = None
     max_message_size = 256 * KiB
 
 
