@@ -21,7 +21,8 @@ class QueueLimits:
     ``max_messages`` / ``max_bytes``: what may wait for a slow client before ``overflow`` applies:
     ``"close"`` closes it with 1013 (it can reconnect and catch up), ``"drop_oldest"`` discards
     the oldest queued frames. ``close_timeout``: how long a closing socket may take to flush its
-    close frame before the connection is torn down. ``coalesce``: when several text frames
+    close frame before the library ends its task (it leaves every group; the server drops the
+    TCP connection as :mod:`asgi_groups.servers` describes). ``coalesce``: when several text frames
     wait for one connection, send up to this many as ONE frame joined by ``"\n"`` (opt-in,
     default 1 = off; only for messages without raw newlines, such as compact JSON — the
     client splits on ``"\n"``).
