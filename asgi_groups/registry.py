@@ -583,7 +583,8 @@ class Registry:
         cause: str,
     ) -> None:
         """Replay what ``conn`` missed on each channel it has a position for; live messages
-        wait meanwhile. A channel that cannot be recovered tells the connection instead."""
+        wait meanwhile. A channel that cannot be recovered closes it with 1013: its client
+        resumes, and the welcome says what could not be given back."""
         stream = conn.stream
         if stream is None or stream.holding:
             return  # a resume in progress recovers from the client's own positions
@@ -612,7 +613,9 @@ class Registry:
                 if not self._deliver_one(conn, frame):
                     break
         if not complete and conn.is_open:
-            self._tell_missed(conn, cause)
+            # its client resumes after a reconnect: the welcome says what could not be given back
+            self._missed_told += 1
+            conn.close(codes.TRY_AGAIN_LATER, "messages missed that history cannot give back")
         elif complete:
             self._missed_recovered += 1
 

@@ -69,6 +69,28 @@ async def test_a_recoverable_socket_gets_what_it_missed_in_place_after_a_silent_
         await proxy.close()
 
 
+async def test_a_recoverable_socket_whose_history_died_with_redis_is_closed_to_resume(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    """Redis restarted empty: what was missed cannot be given back in place, so the socket is
+    closed with 1013 and its client resumes (its welcome then says "epoch changed")."""
+    a = await make(history=KEPT)
+    inbox = await recoverable(a, 1, "room")
+    await a.send_group("room", "m0")
+    assert await texts(inbox, 1) == [(1, "m0")]
+    redis_server.kill()
+    try:
+        told = json.loads(await inbox.text(timeout=GUARD))
+        assert told["error"] == "interrupted"
+    finally:
+        redis_server.restart()
+    closed = await inbox.next(timeout=GUARD)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 1013), closed
+    assert "history" in closed["reason"]
+    await wait_until(lambda: a.stats().breaks == 1)
+    assert a.stats().missed_recovered == 0 and a.stats().missed_told == 1
+
+
 async def test_a_socket_without_history_is_told_it_may_have_missed_messages(
     make: MakeRegistry, redis_server: RedisServer
 ) -> None:
