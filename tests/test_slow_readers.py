@@ -91,23 +91,17 @@ def launched(kind: str, **env: str) -> Iterator[Server]:
     child_env.update({"SLOW_CLOSE_TIMEOUT": str(CLOSE_TIMEOUT), "SLOW_INTERVAL": "0.01"})
     child_env.update(env)
     cmd = [sys.executable, "-m", "tests.support.launch", kind, TARGET]
-    if kind in TAKES_SOCKET:
-        sock = listen_socket("127.0.0.1", 0, stalled_send_timeout=STALLED_SEND_TIMEOUT)
-        port = int(sock.getsockname()[1])
-        with sock:
-            proc = subprocess.Popen(
-                [*cmd, str(sock.fileno())],
-                pass_fds=[sock.fileno()],
-                env=child_env,
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-    else:
-        port = free_port()
+    with contextlib.ExitStack() as stack:
+        if kind in TAKES_SOCKET:  # the server takes the listening socket made here
+            sock = listen_socket("127.0.0.1", 0, stalled_send_timeout=STALLED_SEND_TIMEOUT)
+            stack.enter_context(sock)
+            port, where, fds = int(sock.getsockname()[1]), sock.fileno(), [sock.fileno()]
+        else:
+            port = free_port()
+            where, fds = port, []
         proc = subprocess.Popen(
-            [*cmd, str(port)],
+            [*cmd, str(where)],
+            pass_fds=fds,
             env=child_env,
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from .servers import free_port, wait_for_port
+from .servers import free_port, stop_process, wait_for_port
 
 #: The frame types a chat user sees (presence and hello are kept aside).
 CHAT = frozenset({"broadcast", "group", "direct", "error"})
@@ -180,14 +180,7 @@ class ChatProcess:
     def stop(self) -> None:
         """SIGTERM, and wait until it has exited (its sockets closed with 1012)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
     def restart(self) -> None:
         self.stop()

@@ -61,6 +61,18 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
 
 
 @contextlib.contextmanager
+def stop_process(proc: subprocess.Popen[str] | None, timeout: float = 15.0) -> None:
+    """SIGTERM ``proc`` and wait for it to exit (SIGKILL after ``timeout``); None: nothing."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def serve_process(
     target: str,
     *,
