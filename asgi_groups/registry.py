@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import codes
 from .backends import Backend, backend_from_url
@@ -44,7 +44,15 @@ from .types import Send, UserLike
 if TYPE_CHECKING:
     from .sync import SyncRegistry
 
-__all__ = ["MAX_GROUP_NAME", "Attachment", "PresenceCallback", "PresenceEvent", "Registry", "Stats"]
+__all__ = [
+    "MAX_GROUP_NAME",
+    "Attachment",
+    "Companion",
+    "PresenceCallback",
+    "PresenceEvent",
+    "Registry",
+    "Stats",
+]
 
 logger = logging.getLogger("asgi_groups.registry")
 
@@ -55,6 +63,15 @@ MissedHandler = Callable[[Connection, str], None]
 PresenceCallback = Callable[[PresenceEvent], Awaitable[None] | None]
 
 _SYNC_LOCK = threading.Lock()
+
+
+class Companion(Protocol):
+    """Something that lives as long as a registry (e.g. a queue consumer): see ``add_companion``."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 #: Seconds of clock difference between processes allowed for when placing a revocation in
 #: a break (a revocation made that long before it began is applied again after it).
@@ -131,6 +148,7 @@ class Registry:
         self._missed_told = 0
         self._missed_recovered = 0
         self._missed_handlers: dict[Connection, MissedHandler] = {}
+        self._companions: list[Companion] = []
         #: Names this registry in the revocations it sends (its own clock needs no margin).
         self._origin = os.urandom(8).hex()
         #: Connections told when the current break began (not told again when it ends).
@@ -150,12 +168,31 @@ class Registry:
         await self.backend.start()
         await self.backend.subscribe(BROADCAST)
         self._started = True
+        for companion in self._companions:
+            await companion.start()
+
+    def add_companion(self, companion: Companion) -> Companion:
+        """Start ``companion`` whenever this registry starts and close it first when it closes.
+
+        So that whatever starts the registry (a lifespan, the first socket, ``async with``) also
+        starts e.g. a queue consumer that publishes through it. Register before the start.
+        """
+        if self._started:
+            raise RuntimeError("add companions before the registry starts")
+        self._companions.append(companion)
+        return companion
 
     async def close(self) -> None:
-        """Close every local connection (1012, the server is going away) and the backend."""
+        """Close the companions, every local connection (1012, the server is going away) and
+        the backend."""
         if not self._started:
             return
         self._started = False
+        for companion in reversed(self._companions):
+            try:
+                await companion.close()
+            except Exception:
+                logger.exception("companion %r failed to close", companion)
         for conn in list(self.router.members()):
             conn.close(codes.SERVICE_RESTART, "server shutting down")
         await self.backend.close()
