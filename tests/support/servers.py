@@ -60,7 +60,6 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 15)
 
 
-@contextlib.contextmanager
 def stop_process(proc: subprocess.Popen[str] | None, timeout: float = 15.0) -> None:
     """SIGTERM ``proc`` and wait for it to exit (SIGKILL after ``timeout``); None: nothing."""
     if proc is None or proc.poll() is not None:
@@ -73,6 +72,7 @@ def stop_process(proc: subprocess.Popen[str] | None, timeout: float = 15.0) -> N
         proc.wait(timeout)
 
 
+@contextlib.contextmanager
 def serve_process(
     target: str,
     *,
