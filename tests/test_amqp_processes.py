@@ -5,7 +5,6 @@ Redis, and what cannot be delivered is dead-lettered."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections import Counter
@@ -32,12 +31,6 @@ from tests.support.servers import serve_process
 pytest.importorskip("aio_pika", reason="pip install -e '.[amqp]'")
 
 APP = "tests.redis_apps.amqp_app:app"
-#: ``serve_process`` as a context manager, whether or not it is decorated as one.
-serve = (
-    serve_process
-    if hasattr(serve_process, "__wrapped__")
-    else contextlib.contextmanager(serve_process)
-)
 BOYS, GIRLS = ("greg", "chuck", "mike"), ("amanda", "lisa", "anny")
 USERS = BOYS + GIRLS
 #: (user, groups, server 0 or 1): the six seed users split over both processes, greg twice.
@@ -95,7 +88,7 @@ def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
         ASGI_GROUPS_AMQP_RESUME="1.0",
     )
     try:
-        with serve(APP, env=env) as (a, _), serve(APP, env=env) as (b, _):
+        with serve_process(APP, env=env) as (a, _), serve_process(APP, env=env) as (b, _):
             yield Cluster(names, (a, b), redis_server)
     finally:
         asyncio.run(delete(names))

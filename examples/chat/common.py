@@ -11,22 +11,31 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from asgi_groups import AsgiGroupsError, Registry, codes
 from asgi_groups.auth import AuthUser, SqlUserStore, UserExists
 from asgi_groups.browser import ClientScript
 from asgi_groups.history import HistoryLimits
-from asgi_groups.messaging import MessagingView, UserRef
+from asgi_groups.messaging import ChatMessage, MessagingView, UserRef
 from asgi_groups.recoverable import RecoverableView
 from asgi_groups.types import ASGIApp, Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage
+
+    from asgi_groups.amqp import AmqpSource, Outgoing
+
 __all__ = [
     "CLIENT_SCRIPT_PATH",
+    "DEFAULT_AMQP_QUEUE",
     "DEFAULT_DATABASE_URL",
     "DEFAULT_HISTORY",
     "DEV_SECRET_KEY",
@@ -37,6 +46,7 @@ __all__ = [
     "ChatView",
     "SeedUser",
     "StoreDirectory",
+    "amqp_source",
     "chat_view",
     "check_login",
     "log_out",
@@ -64,6 +74,11 @@ MAX_PASSWORD = 1024
 DIRECTORY_TTL = 5.0
 #: A miss refreshes the directory at most this often, so unknown names cannot hammer the database.
 DIRECTORY_MIN_REFRESH = 1.0
+#: The queue read when ``CHAT_AMQP_URL`` is set and ``CHAT_AMQP_QUEUE`` is not.
+DEFAULT_AMQP_QUEUE = "ws_messages"
+#: Longest sender name and text taken from a queue message.
+MAX_AMQP_FROM = 150
+MAX_AMQP_TEXT = 4096
 #: The history a chat keeps unless told otherwise: the library's defaults.
 DEFAULT_HISTORY = HistoryLimits()
 
@@ -86,12 +101,16 @@ class ChatConfig:
     #: Recent messages kept per group, user and broadcast, so that a page that reconnects gets
     #: what it missed and a page that loads shows the recent conversation; None: kept nowhere.
     history: HistoryLimits | None = DEFAULT_HISTORY
+    #: RabbitMQ to read chat messages from (``pip install 'asgi-groups[amqp]'``); None: none.
+    amqp_url: str | None = None
+    amqp_queue: str = DEFAULT_AMQP_QUEUE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ChatConfig:
         """Read ``CHAT_DATABASE_URL``, ``CHAT_SECRET_KEY``, ``CHAT_REDIS_URL``,
         ``CHAT_ALLOWED_ORIGINS`` (comma-separated), ``CHAT_REVALIDATE_SECONDS`` and
-        ``CHAT_HISTORY`` (``0`` turns history off; on by default, with ``HistoryLimits()``)."""
+        ``CHAT_HISTORY`` (``0`` turns history off; on by default, with ``HistoryLimits()``),
+        ``CHAT_AMQP_URL`` and ``CHAT_AMQP_QUEUE`` (default ``ws_messages``)."""
         env = os.environ if environ is None else environ
         secret = env.get("CHAT_SECRET_KEY", "").strip()
         if not secret:
@@ -107,6 +126,8 @@ class ChatConfig:
             allowed_origins=tuple(origins) or None,
             revalidate_every=_seconds(env.get("CHAT_REVALIDATE_SECONDS", "")),
             history=None if env.get("CHAT_HISTORY", "").strip() == "0" else DEFAULT_HISTORY,
+            amqp_url=env.get("CHAT_AMQP_URL", "").strip() or None,
+            amqp_queue=env.get("CHAT_AMQP_QUEUE", "").strip() or DEFAULT_AMQP_QUEUE,
         )
 
     def registry(self) -> Registry:
@@ -313,6 +334,69 @@ def chat_view(store: SqlUserStore) -> type[ChatView]:
         directory = StoreDirectory(store)
 
     return StoreChatView
+
+
+# -- messages from a RabbitMQ queue -----------------------------------------------------------
+
+
+class _QueuedChat(BaseModel):
+    """The ``data`` of a queue message for the chat: ``{"text": ..., "from"?: ...}``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    text: str = Field(min_length=1, max_length=MAX_AMQP_TEXT)
+    from_: str = Field("system", alias="from", min_length=1, max_length=MAX_AMQP_FROM)
+
+
+class ChatDecoder:
+    """Queue messages as chat messages: ``{"target", "name", "data": {"text", "from"?}}``.
+
+    A group must exist and a user is named by username, as in the chat itself; the envelope is
+    the one a socket's own message gets (``ChatMessage``), its id the AMQP ``message_id``.
+    """
+
+    def __init__(self, directory: StoreDirectory) -> None:
+        self.directory = directory
+
+    async def __call__(self, incoming: AbstractIncomingMessage) -> Outgoing:
+        from asgi_groups.amqp import Outgoing, Reason, Undeliverable, parse
+
+        body = parse(incoming.body)
+        try:
+            chat = _QueuedChat.model_validate(body.data)
+        except ValidationError as exc:
+            raise Undeliverable(Reason.INVALID, f"data: {exc.errors()[0]['msg']}") from None
+        message_id = incoming.message_id or uuid.uuid4().hex
+        envelope: dict[str, Any] = {"from_": chat.from_, "text": chat.text, "id": message_id}
+        envelope["ts"] = round(time.time(), 3)
+        if body.target == "group":
+            group = str(body.name)
+            if not await self.directory.group_exists(group):
+                raise Undeliverable(Reason.UNKNOWN_GROUP, f"no group {group!r}")
+            frame = ChatMessage(type="group", group=group, **envelope).frame()
+            return Outgoing("group", group, frame, message_id)
+        if body.target == "user":
+            user = await self.directory.find_user(str(body.name))
+            if user is None:
+                raise Undeliverable(Reason.UNKNOWN_USER, f"no user {body.name!r}")
+            frame = ChatMessage(type="direct", to=user.username, **envelope).frame()
+            return Outgoing("user", user.id, frame, message_id)
+        frame = ChatMessage(type="broadcast", **envelope).frame()
+        return Outgoing("broadcast", None, frame, message_id)
+
+
+def amqp_source(config: ChatConfig, registry: Registry, store: SqlUserStore) -> AmqpSource | None:
+    """When ``config.amqp_url`` is set: a queue consumer that starts and stops with
+    ``registry`` and shows each queue message in the chat."""
+    if config.amqp_url is None:
+        return None
+    from asgi_groups.amqp import AmqpSource
+
+    source = AmqpSource(
+        registry, config.amqp_url, config.amqp_queue, decode=ChatDecoder(StoreDirectory(store))
+    )
+    registry.add_companion(source)
+    return source
 
 
 # -- the browser client ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from examples.chat.common import (
     SESSION_KEY,
     WS_PATH,
     ChatConfig,
+    amqp_source,
     chat_view,
     check_login,
     log_out,
@@ -35,6 +36,8 @@ def create_app(config: ChatConfig | None = None) -> FastAPI:
     """The chat app for ``config`` (default: the ``CHAT_*`` environment variables)."""
     config = config or ChatConfig.from_env()
     store = config.store()
+    registry = config.registry()
+    amqp_source(config, registry, store)  # when CHAT_AMQP_URL is set
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,7 +76,7 @@ def create_app(config: ChatConfig | None = None) -> FastAPI:
     app.router.routes.append(Route(CLIENT_SCRIPT_PATH, ClientScript()))  # an ASGI app
     install(
         app,
-        config.registry(),
+        registry,
         sessions=StarletteSessionCookie(config.secret_key),
         users=store,
         allowed_origins=config.allowed_origins,

@@ -18,6 +18,7 @@ from examples.chat.common import (
     WS_PATH,
     ChatConfig,
     ChatView,
+    amqp_source,
     check_login,
     log_out,
     page,
@@ -31,6 +32,8 @@ def create_app(config: ChatConfig | None = None) -> Quart:
     """The chat app for ``config`` (default: the ``CHAT_*`` environment variables)."""
     config = config or ChatConfig.from_env()
     store = config.store()
+    registry = config.registry()
+    amqp_source(config, registry, store)  # when CHAT_AMQP_URL is set
     app = Quart(__name__)
     app.config["SECRET_KEY"] = config.secret_key
 
@@ -69,7 +72,7 @@ def create_app(config: ChatConfig | None = None) -> Quart:
 
     install(
         app,
-        config.registry(),
+        registry,
         users=store,
         allowed_origins=config.allowed_origins,
         revalidate_every=config.revalidate_every,

@@ -28,6 +28,7 @@ from examples.chat.common import (
     WS_PATH,
     ChatConfig,
     ChatView,
+    amqp_source,
     check_login,
     log_out,
     page,
@@ -41,6 +42,7 @@ def create_app(config: ChatConfig | None = None) -> Starlette:
     config = config or ChatConfig.from_env()
     store = config.store()
     registry = config.registry()
+    amqp_source(config, registry, store)  # when CHAT_AMQP_URL is set
 
     @contextlib.asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
