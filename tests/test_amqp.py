@@ -29,7 +29,7 @@ from asgi_groups.amqp import (  # noqa: E402 - after the skip
     parse,
 )
 
-KNOWN_GROUPS = {"boys", "girls"}
+KNOWN_GROUPS = {"boys", "girls", "g" * 300}  # the last one too long for the registry
 KNOWN_USERS = {"1", "2"}
 
 QUICK: dict[str, Any] = {
@@ -171,11 +171,12 @@ async def test_what_cannot_be_delivered_is_dead_lettered_with_its_reason(names: 
             {"target": "group", "name": "boys", "data": "x" * 4096},
             {"target": "group", "name": "nobody-here", "data": 1},
             {"target": "user", "name": "999", "data": 1},
+            {"target": "group", "name": "g" * 300, "data": 1},
             {"target": "group", "name": "boys", "data": {"ok": True}},
         ]
         await publish(names.queue, bad, ids=[f"m{i}" for i in range(len(bad))])
-        assert json.loads(await inbox.text(10)) == {"ok": True, "id": "m5"}
-        dead = await take_dead(names.dead, 5)
+        assert json.loads(await inbox.text(10)) == {"ok": True, "id": "m6"}
+        dead = await take_dead(names.dead, 6)
         reasons = {m.message_id: m.headers[REASON_HEADER] for m in dead}
         assert reasons == {
             "m0": "not_json",
@@ -183,10 +184,11 @@ async def test_what_cannot_be_delivered_is_dead_lettered_with_its_reason(names: 
             "m2": "too_large",
             "m3": "unknown_group",
             "m4": "unknown_user",
+            "m5": "unroutable",
         }
         assert all(m.headers[DETAIL_HEADER] for m in dead)
         assert dead[0].body == b"not json at all"  # the original body, to replay or inspect
-        assert made.stats()["dead_lettered"] == 5
+        assert made.stats()["dead_lettered"] == 6
         assert await depth(names.queue) == 0  # acknowledged: never requeued forever
 
 
