@@ -151,8 +151,10 @@ class Registry:
         self._companions: list[Companion] = []
         #: Names this registry in the revocations it sends (its own clock needs no margin).
         self._origin = os.urandom(8).hex()
-        #: Connections told when the current break began (not told again when it ends).
+        #: Connections told when the current break began (not told again when it ends), and
+        #: the recoverable ones among them whose live messages wait for their replay.
         self._told: set[Connection] = set()
+        self._holding: set[Connection] = set()
         #: ``disconnect_user`` operations waiting for the backend, newest per user.
         self._revocations: dict[str, dict[str, Any]] = {}
         # bound once, shared by every connection (a bound method per socket costs 64 B)
@@ -345,6 +347,7 @@ class Registry:
             self._missed_handlers.pop(conn, None)
         if self._told:
             self._told.discard(conn)
+            self._holding.discard(conn)
         self._dropped += conn.dropped
         if conn.overflowed:
             self._slow_closed += 1
@@ -563,7 +566,12 @@ class Registry:
             if not conn.is_open:
                 continue
             told.add(conn)
-            if conn.stream is not None and conn.stream.positions:
+            stream = conn.stream
+            if stream is not None and stream.positions:
+                if not stream.holding:  # (else a resume is in progress: it recovers itself)
+                    # held from now: a live message must not pass the gap before its replay
+                    stream.hold()
+                    self._holding.add(conn)
                 self._deliver_one(conn, INTERRUPTED)
             else:
                 self._tell_missed(conn, cause)
@@ -594,12 +602,15 @@ class Registry:
         recoveries: dict[tuple[str, Position], asyncio.Task[Recovery]] = {}
         told = recovered = 0
         already, self._told = self._told, set()
+        holding, self._holding = self._holding, set()
         for conn in list(self.router.members()):
             if not conn.is_open:
                 continue
-            if conn.stream is not None and conn.stream.positions:
+            if conn in holding:
                 recovered += 1
                 self._spawn(self._recover_in_place(conn, recoveries, cause))
+            elif conn.stream is not None and conn.stream.positions:
+                continue  # it was resuming when the break began: its resume recovers it
             elif conn not in already:  # opened during the break: not told yet
                 told += 1
                 self._tell_missed(conn, cause)
@@ -623,9 +634,8 @@ class Registry:
         wait meanwhile. A channel that cannot be recovered closes it with 1013: its client
         resumes, and the welcome says what could not be given back."""
         stream = conn.stream
-        if stream is None or stream.holding:
-            return  # a resume in progress recovers from the client's own positions
-        stream.hold()
+        if stream is None:
+            return
         complete = True
         try:
             for channel, last in list(stream.positions.items()):
@@ -686,7 +696,13 @@ class Registry:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A background task ended: forget it, and say so if it failed."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %r failed", task, exc_info=task.exception())
 
     # -- presence events ---------------------------------------------------------------------
 
