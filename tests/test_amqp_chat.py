@@ -107,3 +107,29 @@ async def test_queue_messages_reach_the_right_users_in_the_chat(
         finally:
             await greg.close()
             await amanda.close()
+
+
+async def test_without_lifespan_the_source_starts_with_the_registry(
+    names: Names, tmp_path: Path
+) -> None:
+    """A server that runs no lifespan (daphne, ``--lifespan off``): the registry starts with
+    the first socket, and its AMQP source with it."""
+    config = dataclasses.replace(
+        ChatConfig(
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}", secret_key="amqp-test"
+        ),
+        amqp_url=AMQP_URL,
+        amqp_queue=names.queue,
+    )
+    async with serve(starlette_app.create_app(config)):
+        pass  # the example makes and seeds its database in its lifespan: once, beforehand
+    async with serve(starlette_app.create_app(config), lifespan="off") as address:
+        greg = await Site(address).tab("greg")
+        try:
+            await publish(
+                names.queue, [{"target": "group", "name": "boys", "data": {"text": "up"}}]
+            )
+            got = await greg.next(timeout=15)
+            assert (got["type"], got["from"], got["text"]) == ("group", "system", "up")
+        finally:
+            await greg.close()
