@@ -4,6 +4,7 @@ pub/sub buffers is refused at the sender instead of cutting every subscriber."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -194,3 +195,43 @@ async def test_a_subscriber_cut_by_redis_buffer_limit_is_logged_with_the_setting
     assert any("Redis closed it" in line and "output-buffer" in line for line in said), said
     assert any("client-output-buffer-limit pubsub 65536 32768 5" in line for line in said)
     assert (await inbox.next())["code"] == 1013  # and the socket was told
+
+
+class Refusing:
+    """Where Redis was: a port that accepts connections, counts them and closes them at once."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self, port: int) -> None:
+        self.server = await asyncio.start_server(self._refuse, "127.0.0.1", port)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.attempts += 1
+        writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_while_redis_refuses_a_process_retries_a_few_times_a_second_not_in_a_loop(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    a = await make()
+    redis_server.kill()
+    refusing = Refusing()
+    try:
+        await wait_until(lambda: a.stats().backend["down"])
+        await refusing.start(redis_server.port)
+        await wait_until(lambda: refusing.attempts >= 3, timeout=GUARD)  # it keeps trying ...
+        started, seen = asyncio.get_running_loop().time(), refusing.attempts
+        await wait_until(lambda: refusing.attempts >= seen + 8, timeout=GUARD)
+        rate = (refusing.attempts - seen) / (asyncio.get_running_loop().time() - started)
+        assert rate < 20, f"{rate:.0f} connection attempts per second"  # ... but not in a loop
+    finally:
+        await refusing.close()
+        redis_server.restart()
+    await wait_until(lambda: not a.stats().backend["down"], timeout=GUARD)

@@ -251,19 +251,24 @@ class Listener:
         """
         assert self.client is not None
         pool = self.client.connection_pool
+        loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[None]] = set()
         try:
             while not self.closing:
                 if len(pending) < MAX_PROBES:
                     conn = pool.make_connection()  # type: ignore[no-untyped-call]
                     pending.add(asyncio.ensure_future(_probe(conn)))
-                done, pending = await asyncio.wait(
-                    pending,
-                    timeout=random.uniform(0.5, 1.5) * PROBE_EVERY,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if any(not task.cancelled() and task.exception() is None for task in done):
-                    return
+                # the next attempt starts after the interval, even if this one failed at once
+                end = loop.time() + random.uniform(0.5, 1.5) * PROBE_EVERY
+                while (left := end - loop.time()) > 0:
+                    if not pending:
+                        await asyncio.sleep(left)
+                        break
+                    done, pending = await asyncio.wait(
+                        pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if any(not task.cancelled() and task.exception() is None for task in done):
+                        return
         finally:
             await cancel_all(list(pending))
 
