@@ -9,6 +9,7 @@ one ``on_closed`` callback and the backend's :class:`~asgi_groups.backends.base.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import inspect
@@ -80,6 +81,28 @@ CLOCK_SKEW = 1.0
 INTERRUPTED = error_frame(
     "interrupted", "live messages are interrupted; what is missed follows when they resume"
 )
+#: One publish in ``LATENCY_SAMPLE_MASK + 1`` is timed for ``Registry.publish_latency``.
+LATENCY_SAMPLE_MASK = 63
+#: Upper bounds (seconds) of the publish-latency histogram's buckets (then ``+Inf``).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+#: A published channel's first character → the kind of message counted.
+_KINDS = {"g": "group", "u": "user", "*": "broadcast"}
+
+
+class LatencyHistogram:
+    """Bucket counts (not cumulative) of sampled durations: cheap to observe, read by metrics."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        #: One count per bound, and a last one for ``+Inf``.
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +170,19 @@ class Registry:
         self._breaks = 0
         self._missed_told = 0
         self._missed_recovered = 0
+        #: Counters for operators (read by :mod:`asgi_groups.metrics`; plain ints, bounded keys):
+        #: publishes by kind, sockets closed by close code (``None``: the client or transport
+        #: ended it), handshakes refused and inbound frames refused, by reason.
+        self.published_by_kind = dict.fromkeys(("group", "user", "broadcast"), 0)
+        self.closes: dict[int | None, int] = {}
+        self.refused_handshakes = dict.fromkeys(("origin", "auth", "limit", "error"), 0)
+        self.refused_frames = dict.fromkeys(
+            ("invalid", "too_large", "rate_limited", "forbidden", "unknown_target"), 0
+        )
+        #: Sampled duration of a publish call (encode, backend; in memory, the local fan-out).
+        self.publish_latency = LatencyHistogram()
+        #: The deepest outbound queue (frames) seen by ``stats()`` or a metrics scrape.
+        self.queue_peak = 0
         self._missed_handlers: dict[Connection, MissedHandler] = {}
         self._companions: list[Companion] = []
         #: Names this registry in the revocations it sends (its own clock needs no margin).
@@ -262,6 +298,7 @@ class Registry:
         except BaseException:
             conn.finish()  # the user channel could not be subscribed: leave nothing behind
             raise
+        logger.debug("connection %s of user %s connected", conn.id, conn.user_id)
         return conn
 
     def attached(
@@ -351,6 +388,9 @@ class Registry:
         self._dropped += conn.dropped
         if conn.overflowed:
             self._slow_closed += 1
+        code = conn.close_code
+        self.closes[code] = self.closes.get(code, 0) + 1
+        logger.debug("connection %s of user %s closed (%s)", conn.id, conn.user_id, code)
         self._perform_now(self.router.disconnect(conn))
 
     # -- sending -----------------------------------------------------------------------------
@@ -393,10 +433,15 @@ class Registry:
         self._require_started()
         frame = self.frame(message)
         exclude_id = exclude.id if isinstance(exclude, Connection) else exclude
+        sampled = not self._messages_sent & LATENCY_SAMPLE_MASK
+        start = time.perf_counter() if sampled else 0.0
         position = await self.backend.publish(
             channel, frame, exclude_id, history and self.keeps_history(channel)
         )
+        if sampled:
+            self.publish_latency.observe(time.perf_counter() - start)
         self._messages_sent += 1
+        self.published_by_kind[_KINDS[channel[0]]] += 1
         return position
 
     def keeps_history(self, channel: str) -> bool:
@@ -580,13 +625,22 @@ class Registry:
     def _resumed(self, cause: str, down_at: float) -> None:
         """The backend receives again after a break: repair what the break may have cost."""
         if self._started:
-            self._spawn(self._after_break(cause, down_at))
+            told, self._told = self._told, set()
+            holding, self._holding = self._holding, set()
+            self._spawn(self._after_break(cause, down_at, told, holding))
 
-    async def _after_break(self, cause: str, down_at: float) -> None:
+    async def _after_break(
+        self,
+        cause: str,
+        down_at: float,
+        already: set[Connection],
+        holding: set[Connection],
+    ) -> None:
         """Send the revocations that waited, apply those missed, then repair each connection.
 
-        Recoverable connections get what they missed from history, in place; any other
-        connection is told (see :meth:`Connection.missed`): nothing missed stays silent.
+        ``already``: the connections told when the break began; ``holding``: the recoverable
+        ones among them, whose live messages wait. Those get what they missed from history, in
+        place; any other connection not told yet is told now (:meth:`on_missed`).
         """
         for user_id, args in list(self._revocations.items()):
             try:
@@ -601,8 +655,6 @@ class Registry:
                     self._apply_control("disconnect_user", args)
         recoveries: dict[tuple[str, Position], asyncio.Task[Recovery]] = {}
         told = recovered = 0
-        already, self._told = self._told, set()
-        holding, self._holding = self._holding, set()
         for conn in list(self.router.members()):
             if not conn.is_open:
                 continue
@@ -753,6 +805,13 @@ class Registry:
             logger.error("presence callback %r failed", callback, exc_info=exc)
 
     # -- stats -------------------------------------------------------------------------------
+
+    def queue_depth(self) -> int:
+        """The deepest outbound queue now (frames), raising ``queue_peak`` if deeper."""
+        depth = max((conn.queued[0] for conn in self.router.members()), default=0)
+        if depth > self.queue_peak:
+            self.queue_peak = depth
+        return depth
 
     def stats(self) -> Stats:
         connections, users, groups = self.router.counts
