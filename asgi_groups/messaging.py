@@ -183,6 +183,14 @@ _MODELS: dict[str, type[BroadcastIn] | type[GroupIn] | type[DirectIn] | type[Pre
     "presence": PresenceIn,
 }
 _TYPES_HELP = "expected type BroadCast, Group, Direct or Presence"
+#: The bounded reason an inbound frame refused with an error code is counted under.
+_REFUSAL_REASONS = {
+    ErrorCode.TEXT_TOO_LONG: "too_large",
+    ErrorCode.FORBIDDEN: "forbidden",
+    ErrorCode.RATE_LIMITED: "rate_limited",
+    ErrorCode.UNKNOWN_GROUP: "unknown_target",
+    ErrorCode.UNKNOWN_USER: "unknown_target",
+}
 
 
 # -- protocol: outbound ------------------------------------------------------------------------
@@ -796,6 +804,9 @@ class MessagingView(WsView):
         """Send one error frame for the client's own mistake; past the error budget, also
         close with 4408."""
         over = self._errors is not None and not self._errors.hit(self.clock())
+        refused = self.registry.refused_frames
+        reason = _REFUSAL_REASONS.get(code, "invalid")
+        refused[reason] = refused.get(reason, 0) + 1
         await self._send_frame(InboundError(code, detail).frame())
         if over:
             self._log_close(codes.TOO_MANY_ERRORS, f"over {self.error_budget} errors")
@@ -803,6 +814,7 @@ class MessagingView(WsView):
 
     async def _refuse_flood(self, now: float, wait: float) -> None:
         over = self._strikes is not None and not self._strikes.hit(now)
+        self.registry.refused_frames["rate_limited"] += 1
         refusal = ErrorFrame(
             error=ErrorCode.RATE_LIMITED,
             detail="slow down: too many messages",

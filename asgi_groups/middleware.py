@@ -38,14 +38,45 @@ class _Admitted:
 ADMITTED = _Admitted()
 
 
-async def reject(scope: Scope, send: Send, status: int, detail: str) -> None:
+def _reason(status: int) -> str:
+    """The bounded reason a refusal is counted under, from its HTTP status."""
+    if status in (401, 403):
+        return "auth"
+    return "limit" if status == 429 else "error"
+
+
+async def reject(
+    scope: Scope,
+    send: Send,
+    status: int,
+    detail: str,
+    *,
+    reason: str | None = None,
+    note: str = "",
+    registry: Registry | None = None,
+) -> None:
     """Refuse a handshake: an HTTP response where the server supports it, else a plain 403.
 
     The one refusal path of the library, views and adapters alike: a client sees HTTP
     ``status`` (with ``detail`` as the body), or, on a server without the
     ``websocket.http.response`` extension, a close before accept, which servers answer with 403.
-    A client that has already gone away is not an error (a DEBUG line).
+    A client that has already gone away is not an error (a DEBUG line). Each refusal is one
+    INFO line (``note`` adds to it; never a credential) and is counted by ``reason`` (origin,
+    auth, limit, error; default: from ``status``) on ``registry``, else the scope's, if any.
     """
+    reason = reason or _reason(status)
+    if registry is None:
+        registry = scope.get(REGISTRY_KEY)
+    if isinstance(registry, Registry):
+        counts = registry.refused_handshakes
+        counts[reason] = counts.get(reason, 0) + 1
+    logger.info(
+        "refused websocket handshake to %s (%s): HTTP %d%s",
+        scope.get("path"),
+        reason,
+        status,
+        note,
+    )
     try:
         if "websocket.http.response" in (scope.get("extensions") or {}):
             body = detail.encode()
@@ -157,15 +188,30 @@ class GroupsMiddleware:
         origin = headers.get("origin")
         scheme = str(scope.get("scheme", "ws"))
         if not self.origins.allows(origin, host=headers.get("host"), scheme=scheme):
-            logger.warning("refused websocket from origin %r to %s", origin, scope.get("path"))
-            await reject(scope, send, 403, "Forbidden: origin not allowed")
+            note = f", origin {origin!r} not allowed"
+            await reject(
+                scope,
+                send,
+                403,
+                "Forbidden: origin not allowed",
+                reason="origin",
+                note=note,
+                registry=self.registry,
+            )
             return None
         session, codec, cookie = self._session(scope)
         try:
             user = await self._user(session)
         except Exception:
             logger.exception("user loader failed; refusing the handshake")
-            await reject(scope, send, 503, "Service unavailable: cannot load the user")
+            await reject(
+                scope,
+                send,
+                503,
+                "Service unavailable: cannot load the user",
+                reason="error",
+                registry=self.registry,
+            )
             return None
         await self._ensure_started()
         self._admit(scope, session, user)

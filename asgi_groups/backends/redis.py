@@ -89,6 +89,10 @@ __all__ = [
 ]
 
 
+#: Where, under the prefix, each process's stats hash lives (``<prefix>:stats:<process id>``).
+STATS_KEY = "stats:"
+
+
 class RedisBackend(Backend):
     """Fan-out through Redis pub/sub; see the module docstring for the guarantees.
 
@@ -460,6 +464,25 @@ class RedisBackend(Backend):
         return totals
 
     # -- stats -------------------------------------------------------------------------------
+
+    def stats_key(self, process_id: str | None = None) -> str:
+        """The Redis hash where a process's stats are published (``asgi-groups stats`` reads)."""
+        return f"{self.names.key_prefix}{STATS_KEY}{process_id or self.process_id}"
+
+    async def put_stats(self, fields: dict[str, str], ttl: float) -> None:
+        """Publish this process's stats as a hash that expires after ``ttl`` seconds (so a
+        process that died drops out); ``BackendUnavailable`` while Redis is unreachable."""
+        redis = self._reachable("stats not published")
+        key = self.stats_key()
+        try:
+            async with asyncio.timeout(self.timing.socket_timeout):
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(key)
+                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                    pipe.pexpire(key, max(1, int(ttl * 1000)))
+                    await pipe.execute()
+        except (*NETWORK_ERRORS, TimeoutError) as exc:
+            raise BackendUnavailable(f"stats not published: {exc!r}") from exc
 
     def stats(self) -> dict[str, Any]:
         listener = self._listener

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from asgi_groups.adapters.fastapi import CurrentRegistry, add_view, install
 from asgi_groups.browser import ClientScript
+from asgi_groups.metrics import operations_routes
 from asgi_groups.sessions import StarletteSessionCookie
 from examples.chat.common import (
     CLIENT_SCRIPT_PATH,
@@ -74,6 +75,7 @@ def create_app(config: ChatConfig | None = None) -> FastAPI:
         return HTMLResponse(page("chat.html"))
 
     app.router.routes.append(Route(CLIENT_SCRIPT_PATH, ClientScript()))  # an ASGI app
+    app.router.routes.extend(Route(p, probe) for p, probe in operations_routes(registry).items())
     install(
         app,
         registry,

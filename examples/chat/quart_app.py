@@ -12,6 +12,8 @@ from typing import cast
 from quart import Quart, ResponseReturnValue, redirect, request, session
 
 from asgi_groups.adapters.quart import current_registry, install
+from asgi_groups.health import with_routes
+from asgi_groups.metrics import operations_routes
 from asgi_groups.types import ASGIApp
 from examples.chat.common import (
     SESSION_KEY,
@@ -78,7 +80,8 @@ def create_app(config: ChatConfig | None = None) -> Quart:
         revalidate_every=config.revalidate_every,
         views={WS_PATH: ChatView.as_asgi(store=store)},
     )
-    app.asgi_app = with_client_script(cast(ASGIApp, app.asgi_app))  # type: ignore[method-assign,assignment]
+    served = with_client_script(cast(ASGIApp, app.asgi_app))
+    app.asgi_app = with_routes(served, operations_routes(registry))  # type: ignore[method-assign,assignment]
     return app
 
 

@@ -21,6 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from asgi_groups import GroupsMiddleware
 from asgi_groups.adapters.starlette import current_registry, lifespan
 from asgi_groups.browser import ClientScript
+from asgi_groups.metrics import operations_routes
 from asgi_groups.sessions import StarletteSessionCookie
 from examples.chat.common import (
     CLIENT_SCRIPT_PATH,
@@ -79,6 +80,7 @@ def create_app(config: ChatConfig | None = None) -> Starlette:
             Route("/logout", logout, methods=["POST"]),
             Route(CLIENT_SCRIPT_PATH, ClientScript()),
             WebSocketRoute(WS_PATH, ChatView.as_asgi(store=store)),
+            *(Route(path, probe) for path, probe in operations_routes(registry).items()),
         ],
         middleware=[
             Middleware(SessionMiddleware, secret_key=config.secret_key),
