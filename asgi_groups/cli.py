@@ -24,6 +24,10 @@ __all__ = ["CliParser", "build_parser", "main"]
 URL_ENV = "ASGI_GROUPS_DATABASE_URL"
 PASSWORD_ENV = "ASGI_GROUPS_PASSWORD"
 REDIS_ENV = "ASGI_GROUPS_REDIS_URL"
+#: How many of the deployment's largest groups ``stats`` shows.
+LARGEST_SHOWN = 10
+#: Seconds ``stats`` waits for one Redis reply.
+STATS_TIMEOUT = 5.0
 
 Handler = Callable[[argparse.Namespace], Any]
 """A subcommand: takes the parsed arguments, returns an exit code (or a coroutine of one)."""
@@ -140,6 +144,25 @@ def build_parser() -> CliParser:
     )
     send_parser.add_argument("message", metavar="MESSAGE", help="the text to send; - reads stdin")
     send_parser.set_defaults(handler=send)
+
+    stats_parser = parser.commands.add_parser(
+        "stats",
+        help="show every process of a deployment: connections, users, groups, queues, backend",
+        description="Read the stats each process publishes to Redis (asgi_groups.metrics."
+        "operations_routes or health.StatsReporter) and show them per process and in total.",
+    )
+    stats_parser.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_ENV),
+        metavar="URL",
+        help=f"the app's Redis URL (default: ${REDIS_ENV})",
+    )
+    stats_parser.add_argument(
+        "--prefix", default=None, help="the app's key/channel prefix (default: asgi_groups)"
+    )
+    stats_parser.add_argument("--group", help="also show who is in GROUP, over every process")
+    stats_parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    stats_parser.set_defaults(handler=stats)
     return parser
 
 
@@ -297,6 +320,96 @@ async def send(args: argparse.Namespace) -> int:
         else "everyone"
     )
     print(f"sent {len(text.encode())} bytes to {target}")
+    return 0
+
+
+def _deployment(processes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The totals of every process's snapshot, and the largest groups over all of them."""
+    total: dict[str, Any] = {
+        key: sum(int(p.get(key, 0)) for p in processes)
+        for key in ("connections", "users", "messages_sent", "deliveries")
+    }
+    total["queue_depth"] = max((int(p.get("queue_depth", 0)) for p in processes), default=0)
+    total["backends_down"] = sum(1 for p in processes if not p.get("backend", {}).get("up", True))
+    sizes: dict[str, int] = {}
+    for process in processes:
+        for entry in process.get("largest_groups", ()):
+            sizes[entry["group"]] = sizes.get(entry["group"], 0) + int(entry["connections"])
+    largest = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:LARGEST_SHOWN]
+    total["largest_groups"] = [{"group": g, "connections": n} for g, n in largest]
+    return total
+
+
+async def stats(args: argparse.Namespace) -> int:
+    """Read each process's stats hash from Redis; print them per process and in total."""
+    if not args.redis:
+        raise UsageError(f"a Redis URL is required: --redis URL or ${REDIS_ENV}")
+    try:
+        from redis.asyncio import from_url
+        from redis.exceptions import RedisError
+
+        from asgi_groups.backends.redis import DEFAULT_PREFIX, STATS_KEY
+    except ImportError as exc:
+        raise StoreError("stats need redis-py: pip install 'asgi-groups[redis]'") from exc
+    prefix = args.prefix or DEFAULT_PREFIX
+    processes: list[dict[str, Any]] = []
+    presence: dict[str, int] | None = None
+    try:
+        client = from_url(args.redis, socket_timeout=STATS_TIMEOUT)
+        async with client:
+            async for key in client.scan_iter(match=f"{prefix}:{STATS_KEY}*", count=100):
+                raw = await client.hget(key, "json")
+                if raw is not None:
+                    snapshot = json.loads(raw)
+                    snapshot["process_id"] = key.decode().rsplit(":", 1)[1]
+                    processes.append(snapshot)
+        if args.group is not None:
+            from asgi_groups import Registry
+
+            async with Registry(args.redis, prefix=prefix, listen=False) as registry:
+                presence = await registry.presence(args.group)
+    except (RedisError, OSError) as exc:
+        raise BackendUnavailable(f"cannot read stats from Redis: {exc}") from exc
+    processes.sort(key=lambda p: (str(p.get("host")), int(p.get("pid", 0))))
+    report: dict[str, Any] = {"processes": processes, "total": _deployment(processes)}
+    if presence is not None:
+        report["presence"] = {"group": args.group, "users": presence}
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    rows = [
+        [
+            f"{p.get('host')}:{p.get('pid')}",
+            str(p.get("connections", 0)),
+            str(p.get("users", 0)),
+            str(p.get("groups", 0)),
+            str(p.get("queue_depth", 0)),
+            f"{p['backend']['name']} {'up' if p['backend']['up'] else 'DOWN'}",
+        ]
+        for p in processes
+    ]
+    total = report["total"]
+    rows.append(
+        [
+            f"total ({len(processes)} process{'' if len(processes) == 1 else 'es'})",
+            str(total["connections"]),
+            str(total["users"]),
+            "",
+            str(total["queue_depth"]),
+            f"{total['backends_down']} down",
+        ]
+    )
+    print(_table(["process", "connections", "users", "groups", "queue", "backend"], rows))
+    if total["largest_groups"]:
+        print()
+        largest = [[g["group"], str(g["connections"])] for g in total["largest_groups"]]
+        print(_table(["group", "connections"], largest))
+    if presence is not None:
+        print()
+        print(
+            f"in {args.group!r}: "
+            + (", ".join(f"{u} ({n})" for u, n in sorted(presence.items())) or "nobody")
+        )
     return 0
 
 
