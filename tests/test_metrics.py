@@ -3,8 +3,10 @@ probes and metrics of the chat example in all three frameworks, and the refusals
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +24,7 @@ from examples.chat.common import ChatConfig
 
 from .fakes import Outbox, drained
 
+ROOT = Path(__file__).resolve().parent.parent
 SECRET = "metrics-test-secret"
 ORIGIN = {"origin": "http://testserver"}
 
@@ -168,8 +171,6 @@ async def test_quart_chat_serves_probes_and_metrics(tmp_path: Path) -> None:
 
 
 def test_connect_and_close_are_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
-    import asyncio
-
     async def run() -> str:
         async with Registry() as registry:
             conn = await registry.connect(Outbox(), SimpleUser(7, "seven"))
@@ -182,3 +183,43 @@ def test_connect_and_close_are_logged_at_debug(caplog: pytest.LogCaptureFixture)
     lines = [r.getMessage() for r in caplog.records if conn_id in r.getMessage()]
     assert any("connected" in line and "user 7" in line for line in lines), lines
     assert any("closed (1000)" in line for line in lines), lines
+
+
+async def _exposition() -> str:
+    async with Registry() as registry:
+        return (await get(metrics_app(registry, include_default=False)))[1]
+
+
+def test_dashboard_queries_parse_and_use_exposed_metrics(tmp_path: Path) -> None:
+    """Every query of docs/grafana-dashboard.json names metrics the exposition has, and parses."""
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    body = asyncio.run(_exposition())
+    exposed = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\w+)$", body, re.MULTILINE):
+        exposed.add(name)
+        if kind == "histogram":
+            exposed.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
+    for expr in exprs:
+        for name in re.findall(r"asgi_groups_\w+", expr):
+            assert name in exposed, f"{name} (in {expr}) is not exposed"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not found: apt-get install prometheus")
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:q{i}", "expr": e.replace("$job", ".*")}
+                    for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    done = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
