@@ -25,6 +25,8 @@ from .users import ANONYMOUS
 __all__ = ["CONNECTION_KEY", "REGISTRY_KEY", "GroupsMiddleware", "reject"]
 
 logger = logging.getLogger("asgi_groups.middleware")
+#: One INFO line per refused handshake, on a logger of its own (operators tune it apart).
+refusals = logging.getLogger("asgi_groups.refusals")
 
 REGISTRY_KEY = "asgi_groups.registry"
 
@@ -70,7 +72,7 @@ async def reject(
     if isinstance(registry, Registry):
         counts = registry.refused_handshakes
         counts[reason] = counts.get(reason, 0) + 1
-    logger.info(
+    refusals.info(
         "refused websocket handshake to %s (%s): HTTP %d%s",
         scope.get("path"),
         reason,
