@@ -55,8 +55,13 @@ def test_the_chat_reads_its_amqp_settings() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [fastapi_app, starlette_app, quart_app], ids=["fastapi", "starlette", "quart"]
-)
+    "module",
+    [
+        pytest.param(fastapi_app, id="fastapi", marks=pytest.mark.soak),
+        pytest.param(starlette_app, id="starlette"),
+        pytest.param(quart_app, id="quart", marks=pytest.mark.soak),
+    ],
+)  # the framework adds nothing here the chat tests do not cover: one in the default suite
 async def test_queue_messages_reach_the_right_users_in_the_chat(
     module: Any, names: Names, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -138,7 +139,16 @@ async def test_kinds_cover_the_supported_servers() -> None:
     assert {"uvicorn-websockets", "uvicorn-wsproto", "hypercorn", "granian"} <= set(KINDS)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+#: uvicorn's legacy ``websockets`` implementation (not its default): opt-in, ``-m soak``.
+LEGACY = "uvicorn-websockets"
+
+
+def marked(kind: str, *marks: pytest.MarkDecorator) -> Any:
+    """``kind`` as a parameter, opt-in when it is the legacy implementation."""
+    return pytest.param(kind, marks=(*marks, pytest.mark.soak) if kind == LEGACY else marks)
+
+
+@pytest.mark.parametrize("kind", [marked(k) for k in KINDS])
 async def test_never_reader_is_dropped_others_served_sigterm_bounded(kind: str) -> None:
     """The never-reading client's socket leaves the server process within ``DROP_BOUND``; a
     reading client on the same server keeps receiving; SIGTERM with another never-reader
@@ -223,7 +233,7 @@ GRANIAN_BUFFERS = pytest.mark.xfail(
 
 
 @pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=GRANIAN_BUFFERS) if k == "granian" else k for k in KINDS]
+    "kind", [marked(k, GRANIAN_BUFFERS) if k == "granian" else marked(k) for k in KINDS]
 )
 async def test_oversized_frame_refused_without_buffering_it(kind: str) -> None:
     """A 15 MiB frame gets 1009 (or the connection closed) while the server's resident set
