@@ -40,7 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .health import Endpoint, StatsReporter, livez, readyz
-from .registry import Registry
+from .registry import LatencyHistogram, Registry
 from .types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
@@ -223,20 +223,30 @@ def families(registry: Registry) -> list[Family]:
     return out
 
 
-def _histogram(registry: Registry) -> HistogramMetricFamily:
-    latency = registry.publish_latency
+#: The sampled histograms: (name, help, the registry's attribute holding it).
+HISTOGRAMS = (
+    (
+        "publish_duration_seconds",
+        "Duration of a publish call (sampled): encoding, the backend and, in memory, the local "
+        "fan-out.",
+        "publish_latency",
+    ),
+    (
+        "delivery_latency_seconds",
+        "From a publish until this process handed it to its own recipients (sampled; with "
+        "Redis, through Redis and back).",
+        "delivery_latency",
+    ),
+)
+
+
+def _histogram(name: str, help_text: str, latency: LatencyHistogram) -> HistogramMetricFamily:
     buckets: list[tuple[str, float]] = []
     total = 0
     for bound, count in zip((*latency.bounds, float("inf")), latency.counts, strict=True):
         total += count
         buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
-    return HistogramMetricFamily(
-        PREFIX + "publish_duration_seconds",
-        "Duration of a publish call (sampled): encoding, the backend and, in memory, the local "
-        "fan-out.",
-        buckets=buckets,
-        sum_value=latency.sum,
-    )
+    return HistogramMetricFamily(PREFIX + name, help_text, buckets=buckets, sum_value=latency.sum)
 
 
 class RegistryCollector(Collector):
@@ -256,7 +266,8 @@ class RegistryCollector(Collector):
             for values, value in sorted(family.samples.items()):
                 metric.add_metric(list(values), value)
             yield metric
-        yield _histogram(self.registry)
+        for name, help_text, attribute in HISTOGRAMS:
+            yield _histogram(name, help_text, getattr(self.registry, attribute))
 
 
 def multiprocess_enabled() -> bool:
@@ -276,9 +287,8 @@ class Mirror:
         self.interval = interval
         self._metrics: dict[str, Counter | Gauge] = {}
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
-        self._histogram: Histogram | None = None
-        self._last_buckets: list[int] = []
-        self._last_sum = 0.0
+        #: Per sampled histogram: its multiprocess metric, bucket counts and sum mirrored so far.
+        self._histograms: dict[str, tuple[Histogram, list[int], list[float]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -316,7 +326,8 @@ class Mirror:
                 if increase > 0:
                     child.inc(increase)
                     self._last[key] = value
-        self._sync_histogram()
+        for name, help_text, attribute in HISTOGRAMS:
+            self._sync_histogram(name, help_text, getattr(self.registry, attribute))
 
     def _metric(self, family: Family) -> Counter | Gauge:
         metric = self._metrics.get(family.name)
@@ -331,26 +342,22 @@ class Mirror:
             self._metrics[family.name] = metric
         return metric
 
-    def _sync_histogram(self) -> None:
-        latency = self.registry.publish_latency
-        if self._histogram is None:
-            self._histogram = Histogram(
-                PREFIX + "publish_duration_seconds",
-                "Duration of a publish call (sampled).",
-                buckets=latency.bounds,
-                registry=None,
-            )
-            self._last_buckets = [0] * len(latency.counts)
+    def _sync_histogram(self, name: str, help_text: str, latency: LatencyHistogram) -> None:
+        mirrored = self._histograms.get(name)
+        if mirrored is None:
+            metric = Histogram(PREFIX + name, help_text, buckets=latency.bounds, registry=None)
+            mirrored = self._histograms[name] = (metric, [0] * len(latency.counts), [0.0])
+        metric, last_buckets, last_sum = mirrored
         # prometheus_client keeps one (non-cumulative) value per bucket, as the registry does
-        buckets = self._histogram._buckets
+        buckets = metric._buckets
         for index, count in enumerate(latency.counts):
-            increase = count - self._last_buckets[index]
+            increase = count - last_buckets[index]
             if increase > 0:
                 buckets[index].inc(increase)
-                self._last_buckets[index] = count
-        if latency.sum > self._last_sum:
-            self._histogram._sum.inc(latency.sum - self._last_sum)
-            self._last_sum = latency.sum
+                last_buckets[index] = count
+        if latency.sum > last_sum[0]:
+            metric._sum.inc(latency.sum - last_sum[0])
+            last_sum[0] = latency.sum
 
 
 def metrics_app(

@@ -83,10 +83,19 @@ INTERRUPTED = error_frame(
 )
 #: One publish in ``LATENCY_SAMPLE_MASK + 1`` is timed for ``Registry.publish_latency``.
 LATENCY_SAMPLE_MASK = 63
+#: Sampled publishes waiting to come back to this process at once, at most; and for how long.
+MAX_TIMED = 16
+TIMED_FOR = 10.0
 #: Upper bounds (seconds) of the publish-latency histogram's buckets (then ``+Inf``).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 #: A published channel's first character → the kind of message counted.
 _KINDS = {"g": "group", "u": "user", "*": "broadcast"}
+
+
+def _payload(frame: Frame) -> object:
+    """What identifies a published message when it comes back through the backend."""
+    event = frame.event
+    return event.get("text", event.get("bytes"))
 
 
 class LatencyHistogram:
@@ -181,6 +190,9 @@ class Registry:
         )
         #: Sampled duration of a publish call (encode, backend; in memory, the local fan-out).
         self.publish_latency = LatencyHistogram()
+        #: Sampled time from a publish in this process until its local recipients got it.
+        self.delivery_latency = LatencyHistogram()
+        self._timed: dict[object, float] = {}
         #: The deepest outbound queue (frames) seen by ``stats()`` or a metrics scrape.
         self.queue_peak = 0
         self._missed_handlers: dict[Connection, MissedHandler] = {}
@@ -435,6 +447,8 @@ class Registry:
         exclude_id = exclude.id if isinstance(exclude, Connection) else exclude
         sampled = not self._messages_sent & LATENCY_SAMPLE_MASK
         start = time.perf_counter() if sampled else 0.0
+        if sampled:
+            self._await_delivery(frame, start)
         position = await self.backend.publish(
             channel, frame, exclude_id, history and self.keeps_history(channel)
         )
@@ -486,7 +500,23 @@ class Registry:
             for conn in closed:
                 self._detach(conn)
         self._deliveries += delivered
+        if self._timed:  # a sampled publish of this process coming back: how long it took
+            start = self._timed.pop(_payload(frame), None)
+            if start is not None:
+                self.delivery_latency.observe(time.perf_counter() - start)
         return delivered
+
+    def _await_delivery(self, frame: Frame, start: float) -> None:
+        """Time a sampled publish until this process hands it to its own recipients (through
+        the backend: with Redis, the round trip); a few at once, forgotten when stale."""
+        timed = self._timed
+        if len(timed) >= MAX_TIMED:
+            stale = start - TIMED_FOR
+            for key in [key for key, at in timed.items() if at < stale]:
+                del timed[key]
+            if len(timed) >= MAX_TIMED:
+                return
+        timed[_payload(frame)] = start
 
     # -- history -----------------------------------------------------------------------------
 

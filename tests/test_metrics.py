@@ -23,6 +23,8 @@ from examples.chat import fastapi_app, quart_app, starlette_app
 from examples.chat.common import ChatConfig
 
 from .fakes import Outbox, drained
+from .support.redis import MakeRegistry
+from .support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "metrics-test-secret"
@@ -87,6 +89,8 @@ async def test_registry_counters_in_the_exposition() -> None:
         assert value(body, "asgi_groups_deliveries_total") == 4  # room 1, user 1, broadcast 2
         assert value(body, "asgi_groups_backend_up") == 1
         assert value(body, "asgi_groups_publish_duration_seconds_count") == 1  # 1 in 64 sampled
+        # the sampled publish reached its local recipient: publish-to-delivery timed too
+        assert value(body, "asgi_groups_delivery_latency_seconds_count") == 1
         a.close(4000, "bye")
         b.finish()
         await drained(a)
@@ -223,3 +227,23 @@ def test_dashboard_queries_parse_and_use_exposed_metrics(tmp_path: Path) -> None
         [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_delivery_latency_through_redis_is_the_round_trip(make: MakeRegistry) -> None:
+    """A sampled publish is timed until it comes back from Redis to this process's recipients:
+    one sample per 64 publishes, each at least a round trip, none while none come back."""
+    registry = await make()
+    inbox = Outbox()
+    conn = await registry.connect(inbox, SimpleUser(1, "a"))
+    await registry.join(conn, "room")
+    for n in range(128):
+        await registry.send_group("room", f"m{n}")
+    await wait_until(lambda: len(inbox.events) >= 128)
+    latency = registry.delivery_latency
+    assert sum(latency.counts) == 2 and latency.sum > 0
+    quiet = await make(listen=False)  # publishes only: nothing comes back to it
+    for n in range(64):
+        await quiet.send_group("room", f"q{n}")
+    assert sum(quiet.delivery_latency.counts) == 0
+    body = (await get(metrics_app(registry, include_default=False)))[1]
+    assert value(body, "asgi_groups_delivery_latency_seconds_count") == 2
