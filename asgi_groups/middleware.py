@@ -1,34 +1,69 @@
-"""``GroupsMiddleware``: Origin check, session cookie → session → user, registry in the scope.
+"""``GroupsMiddleware``: Origin check, credential → session → user, registry in the scope.
 
 Wraps any ASGI app. On a websocket scope it refuses a forbidden Origin with HTTP 403 before the
-app runs, then sets ``user``, ``session`` and ``asgi_groups.registry`` in the scope (in place,
-as Starlette's own middlewares do: no copy per socket). HTTP and lifespan pass through untouched.
+app runs (a missing Origin only for ambient credentials: cookies), then sets ``user``,
+``session`` and ``asgi_groups.registry`` in the scope (in place, as Starlette's own middlewares
+do: no copy per socket). HTTP and lifespan pass through untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from asgiref.sync import markcoroutinefunction
 
 from . import codes
+from .credentials import (
+    Authenticator,
+    Credential,
+    InvalidCredential,
+    SessionCookies,
+    authenticate,
+)
 from .origin import OriginPolicy
 from .registry import Registry
-from .request import Headers, Request
-from .revalidation import CONNECTION_KEY, Revalidator, Watched
-from .types import ASGIApp, Receive, Scope, Send, Session, SessionCodec, UserLike, UserLoader
-from .users import ANONYMOUS
+from .request import Headers
+from .revalidation import CONNECTION_KEY, DEFAULT_EXPIRY_EVERY, Revalidator, Watched
+from .types import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    Session,
+    SessionCodec,
+    UserLike,
+    UserLoader,
+)
+from .users import ANONYMOUS, UserShapeError, as_user
 
-__all__ = ["CONNECTION_KEY", "REGISTRY_KEY", "GroupsMiddleware", "reject"]
+__all__ = ["CONNECTION_KEY", "REGISTRY_KEY", "SUBPROTOCOL_KEY", "GroupsMiddleware", "reject"]
 
 logger = logging.getLogger("asgi_groups.middleware")
 #: One INFO line per refused handshake, on a logger of its own (operators tune it apart).
 refusals = logging.getLogger("asgi_groups.refusals")
 
 REGISTRY_KEY = "asgi_groups.registry"
+SUBPROTOCOL_KEY = "asgi_groups.token_subprotocol"
+"""The scope entry naming the offered subprotocol that carried the socket's token."""
+
+
+def _choosing_subprotocol(send: Send, scope: Scope, token_protocol: str) -> Send:
+    """A ``send`` that accepts with a subprotocol the client offered when the app names none:
+    browsers fail a socket whose offered subprotocols all go unanswered. The client's other
+    offer is preferred; the token's own entry is echoed only when it offered nothing else."""
+
+    async def choosing(message: Message) -> None:
+        if message["type"] == "websocket.accept" and not message.get("subprotocol"):
+            offered = list(scope.get("subprotocols") or ())
+            message = {**message, "subprotocol": offered[0] if offered else token_protocol}
+        await send(message)
+
+    return choosing
 
 
 class _Admitted:
@@ -107,6 +142,11 @@ class GroupsMiddleware:
     ``allowed_origins``: see :class:`~asgi_groups.origin.OriginPolicy` (default: same origin).
     ``revalidate_every``: seconds between re-checks of open sockets' sessions and users (needs
     ``users``); a socket whose cookie expired or whose user is gone or inactive is closed with 4401.
+    ``auth``: authenticators tried in order before the session cookies (``BearerToken``,
+    ``QueryToken``, ``SubprotocolToken``, ``CookieToken`` with a ``JwtVerifier``, ...); a bad
+    token is refused (403), an expired one closes its socket with 4401 within ``expiry_every``
+    seconds (``clock``: Unix time now). A client with an explicit token (header, query,
+    subprotocol) may omit the Origin header; with a cookie or no credential it may not.
 
     Served by hypercorn on Python 3.11 as the outermost app, name it ``asgi:module:app``
     (hypercorn there cannot tell that the middleware is an ASGI 3 app; 3.12+ and every other
@@ -123,6 +163,9 @@ class GroupsMiddleware:
         *,
         allow_missing_origin: bool = False,
         revalidate_every: float | None = None,
+        auth: Authenticator | Sequence[Authenticator] | None = None,
+        expiry_every: float = DEFAULT_EXPIRY_EVERY,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.registry = registry
@@ -132,12 +175,28 @@ class GroupsMiddleware:
             self.codecs = list(sessions)
         else:
             self.codecs = [sessions]
+        if auth is None:
+            extra: list[Authenticator] = []
+        elif isinstance(auth, Sequence):
+            extra = list(auth)
+        else:
+            extra = [auth]
+        for item in extra:
+            if not isinstance(item, Authenticator):
+                raise TypeError(
+                    f"auth entries need an async authenticate(scope) method: {item!r} has none"
+                )
+        self.authenticators: list[Authenticator] = [*extra, SessionCookies(self.codecs)]
         self._load = self._loader(users)
         self.origins = OriginPolicy(allowed_origins, allow_missing=allow_missing_origin)
         self.revalidate_every = revalidate_every
         self.revalidator: Revalidator | None = None
-        if revalidate_every is not None and self._load is not None:
-            self.revalidator = Revalidator(revalidate_every, self._user)
+        if extra:  # tokens expire: watch them even without a loader
+            every = revalidate_every if self._load is not None else None
+            load = self._user if self._load is not None else None
+            self.revalidator = Revalidator(every, load, expiry_every=expiry_every, clock=clock)
+        elif revalidate_every is not None and self._load is not None:
+            self.revalidator = Revalidator(revalidate_every, self._user, clock=clock)
         self._start_lock: asyncio.Lock | None = None
 
     @staticmethod
@@ -175,6 +234,9 @@ class GroupsMiddleware:
         watched = await self._handshake(scope, send)
         if watched is None:
             return
+        token_protocol = scope.get(SUBPROTOCOL_KEY)
+        if token_protocol is not None:
+            send = _choosing_subprotocol(send, scope, token_protocol)
         if isinstance(watched, Watched):
             assert self.revalidator is not None
             await self.revalidator.serve(watched, self.app, scope, receive, send)
@@ -189,21 +251,41 @@ class GroupsMiddleware:
         headers = Headers(scope.get("headers", ()))
         origin = headers.get("origin")
         scheme = str(scope.get("scheme", "ws"))
-        if not self.origins.allows(origin, host=headers.get("host"), scheme=scheme):
-            note = f", origin {origin!r} not allowed"
+        checked = origin is not None or self.origins.allow_missing
+        if checked and not self.origins.allows(origin, host=headers.get("host"), scheme=scheme):
+            await self._refuse_origin(scope, send, f", origin {origin!r} not allowed")
+            return None
+        try:
+            credential = await authenticate(self.authenticators, scope)
+        except InvalidCredential as exc:
             await reject(
                 scope,
                 send,
                 403,
-                "Forbidden: origin not allowed",
-                reason="origin",
-                note=note,
+                "Forbidden: invalid credential",
+                reason="auth",
+                note=f", {exc}",
                 registry=self.registry,
             )
             return None
-        session, codec, cookie = self._session(scope)
+        if not checked and (credential is None or credential.ambient):
+            note = ", no Origin header (allowed only with an explicit token, not a cookie)"
+            await self._refuse_origin(scope, send, note)
+            return None
+        session: Session = credential.session if credential is not None else {}
         try:
-            user = await self._user(session)
+            user = await self._credential_user(credential)
+        except UserShapeError as exc:
+            logger.error("refusing the handshake: %s", exc)
+            await reject(
+                scope,
+                send,
+                503,
+                f"Service unavailable: {exc}",
+                reason="error",
+                registry=self.registry,
+            )
+            return None
         except Exception:
             logger.exception("user loader failed; refusing the handshake")
             await reject(
@@ -217,39 +299,67 @@ class GroupsMiddleware:
             return None
         await self._ensure_started()
         self._admit(scope, session, user)
-        if self.revalidator is None or not user.is_authenticated:
+        if credential is not None and credential.subprotocol is not None:
+            scope[SUBPROTOCOL_KEY] = credential.subprotocol
+        if self.revalidator is None or not user.is_authenticated or credential is None:
             return ADMITTED
-        return Watched(scope, codec, cookie, user.id)
+        if credential.expires_at is None and self.revalidator.every is None:
+            return ADMITTED
+        return Watched(
+            scope,
+            None,
+            None,
+            user.id,
+            expires_at=credential.expires_at,
+            recheck=credential.recheck,
+        )
+
+    async def _refuse_origin(self, scope: Scope, send: Send, note: str) -> None:
+        await reject(
+            scope,
+            send,
+            403,
+            "Forbidden: origin not allowed",
+            reason="origin",
+            note=note,
+            registry=self.registry,
+        )
+
+    async def _credential_user(self, credential: Credential | None) -> UserLike:
+        """The user a credential names: through ``users`` when given, else the one the
+        authenticator recognised (a token's claims), else anonymous."""
+        if credential is None:
+            return ANONYMOUS
+        if self._load is not None:
+            return await self._user(credential.session)
+        if credential.user is None:
+            return ANONYMOUS
+        user = as_user(credential.user)
+        return user if user.is_authenticated else ANONYMOUS
 
     def _admit(self, scope: Scope, session: Session, user: UserLike) -> None:
         """Hand the app what the handshake found, in ``scope`` (in place, as Starlette's
         middlewares do). A user an outer middleware set is kept when there is no loader."""
         scope["session"] = session
-        if self._load is not None or scope.get("user") is None:
+        outer = scope.get("user")
+        if self._load is not None or outer is None or user.is_authenticated:
             scope["user"] = user
+        elif not isinstance(outer, UserLike):  # e.g. Starlette's SimpleUser: no id, no groups
+            try:
+                scope["user"] = as_user(outer)
+            except UserShapeError as exc:
+                logger.warning("the user an outer middleware set is not usable: %s", exc)
+                scope["user"] = ANONYMOUS
         scope[REGISTRY_KEY] = self.registry
-
-    def _session(self, scope: Scope) -> tuple[Session, SessionCodec | None, str | None]:
-        existing = scope.get("session")
-        if isinstance(existing, dict) and existing:
-            return existing, None, None
-        if not self.codecs:
-            return {}, None, None
-        cookies = Request(scope).cookies
-        for codec in self.codecs:
-            value = cookies.get(codec.cookie_name)
-            decoded = codec.decode(value) if value is not None else None
-            if decoded is not None:
-                return decoded, codec, value
-        return {}, None, None
 
     async def _user(self, session: Session) -> UserLike:
         if self._load is None or not session:
             return ANONYMOUS
-        user = await self._load(session)
-        if user is None or not user.is_authenticated:
+        loaded = await self._load(session)
+        if loaded is None:
             return ANONYMOUS
-        return user
+        user = as_user(loaded)
+        return user if user.is_authenticated else ANONYMOUS
 
     async def _ensure_started(self) -> None:
         if self.registry.started:

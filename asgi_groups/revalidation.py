@@ -1,52 +1,83 @@
-"""``Revalidator``: re-checks open sockets' sessions and users on a timer; closes lapsed ones 4401.
+"""``Revalidator``: re-checks open sockets' credentials and users; closes lapsed ones with 4401.
 
-A session cookie is read once at the handshake; a socket can then stay open for days. The
-revalidator re-decodes each watched socket's cookie (expiry, key rotation) and reloads its user
-(deleted, deactivated, another account) every ``every`` seconds, while at least one socket is
-watched. A failure to check is logged and the socket kept: an outage must not log everyone out.
+A credential is read once at the handshake; a socket can then stay open for days. The
+revalidator closes a socket whose credential expired (a token's ``exp``) within
+``expiry_every`` seconds, and every ``every`` seconds re-decodes each watched socket's cookie
+(expiry, key rotation) and reloads its user (deleted, deactivated, another account), while at
+least one socket is watched. A failure to check is logged and the socket kept: an outage must
+not log everyone out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import codes
 from .types import ASGIApp, Receive, Scope, Send, Session, SessionCodec, UserLike
 
-__all__ = ["CONNECTION_KEY", "Revalidator", "Watched"]
+__all__ = ["CONNECTION_KEY", "DEFAULT_EXPIRY_EVERY", "Revalidator", "Watched"]
 
 logger = logging.getLogger("asgi_groups.revalidation")
 
 CONNECTION_KEY = "asgi_groups.connection"
 """The scope entry where a view puts the socket's ``Connection`` (how a lapsed one is closed)."""
 
+DEFAULT_EXPIRY_EVERY = 1.0
+"""Seconds between checks of open sockets' credential expiry: a lapsed token is closed within it."""
+
 
 class Watched:
-    """One socket under watch: its scope, the cookie it came with, and whose it was."""
+    """One socket under watch: its scope, the cookie it came with, whose it was, until when.
 
-    __slots__ = ("codec", "cookie", "scope", "user_id")
+    ``expires_at``: Unix time its credential lapses (None: never); ``recheck`` re-reads the
+    credential's session (None when it no longer holds); the ``codec`` and ``cookie`` do the
+    same for a session cookie.
+    """
+
+    __slots__ = ("codec", "cookie", "expires_at", "recheck", "scope", "user_id")
 
     def __init__(
-        self, scope: Scope, codec: SessionCodec | None, cookie: str | None, user_id: Any
+        self,
+        scope: Scope,
+        codec: SessionCodec | None,
+        cookie: str | None,
+        user_id: Any,
+        *,
+        expires_at: float | None = None,
+        recheck: Callable[[], Session | None] | None = None,
     ) -> None:
         self.scope = scope
         self.codec = codec
         self.cookie = cookie
         self.user_id = user_id
+        self.expires_at = expires_at
+        self.recheck = recheck
 
 
 class Revalidator:
     """Every ``every`` seconds, re-check each watched socket; close those no longer valid.
 
     ``load_user(session)`` gives the session's user now (anonymous when none); the socket stays
-    valid while that user is authenticated and has the id it had at the handshake.
+    valid while that user is authenticated and has the id it had at the handshake. Without
+    ``load_user`` (users from tokens), only the credential is re-checked. ``every=None``:
+    expiry only. ``clock``: Unix time now (tests move it).
     """
 
-    def __init__(self, every: float, load_user: Callable[[Session], Awaitable[UserLike]]) -> None:
+    def __init__(
+        self,
+        every: float | None,
+        load_user: Callable[[Session], Awaitable[UserLike]] | None,
+        *,
+        expiry_every: float = DEFAULT_EXPIRY_EVERY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.every = every
+        self.expiry_every = expiry_every if every is None else min(every, expiry_every)
+        self.clock = clock
         self._load_user = load_user
         self._watched: dict[int, Watched] = {}
         self._task: asyncio.Task[None] | None = None
@@ -65,16 +96,39 @@ class Revalidator:
             del self._watched[key]
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = None if self.every is None else loop.time() + self.every
         while self._watched:
-            await asyncio.sleep(self.every)
+            await asyncio.sleep(self.expiry_every)
             try:
-                await self.revalidate()
+                if next_full is not None and loop.time() >= next_full - 1e-3:
+                    next_full = loop.time() + (self.every or 0)
+                    await self.revalidate()
+                else:
+                    self.expire()
             except Exception:
-                logger.exception("revalidation round failed; next one in %ss", self.every)
+                logger.exception("revalidation round failed; next one in %ss", self.expiry_every)
+
+    def expire(self) -> int:
+        """Close every watched socket whose credential has expired; returns how many."""
+        now = self.clock()
+        closed = 0
+        for watched in list(self._watched.values()):
+            if watched.expires_at is not None and now >= watched.expires_at:
+                closed += self._close(watched, "credential expired")
+        return closed
+
+    @staticmethod
+    def _close(watched: Watched, reason: str) -> int:
+        conn = watched.scope.get(CONNECTION_KEY)
+        if conn is not None and conn.is_open:
+            conn.close(codes.UNAUTHORIZED, reason)
+            return 1
+        return 0
 
     async def revalidate(self) -> int:
         """Re-check every watched socket now; returns how many were closed."""
-        closed = 0
+        closed = self.expire()
         for watched in list(self._watched.values()):
             try:
                 valid = await self._still_valid(watched)
@@ -83,19 +137,19 @@ class Revalidator:
                     "could not revalidate the socket of user %r; keeping it", watched.user_id
                 )
                 continue
-            if valid:
-                continue
-            conn = watched.scope.get(CONNECTION_KEY)
-            if conn is not None and conn.is_open:
-                conn.close(codes.UNAUTHORIZED, "session no longer valid")
-                closed += 1
+            if not valid:
+                closed += self._close(watched, "session no longer valid")
         return closed
 
     async def _still_valid(self, watched: Watched) -> bool:
         session: Session | None = watched.scope.get("session")
-        if watched.codec is not None and watched.cookie is not None:
+        if watched.recheck is not None:
+            session = watched.recheck()
+        elif watched.codec is not None and watched.cookie is not None:
             session = watched.codec.decode(watched.cookie)
         if not session:
             return False
+        if self._load_user is None:
+            return True
         user = await self._load_user(session)
         return user.is_authenticated and str(user.id) == str(watched.user_id)  # ids as strings

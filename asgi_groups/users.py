@@ -6,9 +6,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import AsgiGroupsError
 from .types import Session, UserLike
 
-__all__ = ["ANONYMOUS", "AnonymousUser", "InMemoryUsers", "SimpleUser"]
+__all__ = [
+    "ANONYMOUS",
+    "AnonymousUser",
+    "InMemoryUsers",
+    "ShapedUser",
+    "SimpleUser",
+    "UserShapeError",
+    "as_user",
+]
+
+
+class UserShapeError(AsgiGroupsError, TypeError):
+    """A user object lacks what the core needs (an ``id``, or a ``username`` to stand for it)."""
 
 
 class AnonymousUser:
@@ -58,3 +71,62 @@ class InMemoryUsers:
         if user_id is None or isinstance(user_id, bool | dict | list):
             return None
         return self._users.get(str(user_id))
+
+
+class ShapedUser:
+    """Another library's user object (fastapi-users' ``User``, Starlette's ``SimpleUser``, ...)
+    seen with the members the core needs; every other attribute reads through to it."""
+
+    __slots__ = ("groups", "id", "is_authenticated", "original", "username")
+
+    def __init__(
+        self, original: Any, id: Any, username: str, groups: frozenset[str], authenticated: bool
+    ) -> None:
+        self.original = original
+        self.id = id
+        self.username = username
+        self.groups = groups
+        self.is_authenticated = authenticated
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+    def __repr__(self) -> str:
+        return f"ShapedUser({self.original!r})"
+
+
+_MEMBERS = ("id", "username", "is_authenticated", "groups")
+
+
+def as_user(user: Any) -> UserLike:
+    """``user`` as the core sees users, accepted by shape.
+
+    An object with ``id``, ``username``, ``groups`` and ``is_authenticated`` is used as it is.
+    Otherwise: ``id`` (else ``username``) is the identity; ``username`` falls back to ``email``
+    then the id; ``groups`` to none; ``is_authenticated`` to ``is_active``, else True (a loader
+    returned it). ``UserShapeError`` names what is missing when there is no identity at all.
+    """
+    if all(hasattr(user, name) for name in _MEMBERS):
+        return user  # type: ignore[no-any-return]
+    ident = getattr(user, "id", None)
+    name = getattr(user, "username", None)
+    if ident is None:
+        ident = name
+    if ident is None:
+        missing = [m for m in _MEMBERS if not hasattr(user, m)]
+        raise UserShapeError(
+            f"the user object {type(user).__qualname__} has no 'id' (nor 'username'); "
+            f"missing: {', '.join(missing)}. Give it an 'id', or return a SimpleUser(id, "
+            "username, groups) from the user loader"
+        )
+    if name is None:
+        name = getattr(user, "email", None) or ident
+    groups = getattr(user, "groups", None) or ()
+    if isinstance(groups, str | bytes):
+        groups = (groups,)
+    authenticated = getattr(user, "is_authenticated", None)
+    if authenticated is None:
+        authenticated = getattr(user, "is_active", True)
+    return ShapedUser(
+        user, ident, str(name), frozenset(str(g) for g in groups), bool(authenticated)
+    )
