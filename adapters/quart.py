@@ -33,6 +33,7 @@ from quart.wrappers import Websocket
 
 from asgi_groups import codes
 from asgi_groups.connection import Connection
+from asgi_groups.credentials import QuartAuthCookie
 from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware, reject
 from asgi_groups.registry import Registry
 from asgi_groups.request import Request
@@ -93,13 +94,17 @@ def install(
 
     ``views`` maps WebSocket paths to ``View.as_asgi()`` apps. ``options`` go to
     ``GroupsMiddleware`` as they are; its ``sessions`` default to Quart's own cookie as
-    configured in ``app.config`` (set ``SECRET_KEY`` first). The registry starts before the
-    app's other ``before_serving`` functions and closes after its ``after_serving`` ones.
+    configured in ``app.config`` (set ``SECRET_KEY`` first), and quart-auth's ``QUART_AUTH``
+    cookie (``{"auth_id": ...}`` for the user loader) when ``QuartAuth(app)`` came first.
+    The registry starts before the app's other ``before_serving`` functions and closes after
+    its ``after_serving`` ones.
     Returns the registry.
     """
     registry = registry if registry is not None else Registry()
     if options.get("sessions") is None:
         options["sessions"] = QuartSessionCookie.from_app(app)
+        if "QUART_AUTH" in app.extensions:  # quart-auth's own cookie, not the session
+            options["sessions"] = [QuartAuthCookie.from_app(app), options["sessions"]]
     inner = _Front(cast(ASGIApp, app.asgi_app), views or {})
     app.asgi_app = GroupsMiddleware(inner, registry, **options)  # type: ignore[method-assign,assignment]
     app.before_serving_funcs.insert(0, registry.start)

@@ -15,6 +15,7 @@ When Starlette's ``SessionMiddleware`` runs outside ``GroupsMiddleware``, the se
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ from asgi_groups.connection import Connection
 from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware, reject
 from asgi_groups.registry import Registry
 from asgi_groups.request import Request
+from asgi_groups.sessions import FOURTEEN_DAYS, StarletteSessionCookie
 from asgi_groups.types import UserLike
 from asgi_groups.views import WsView, groups_to_join
 
@@ -48,6 +50,52 @@ __all__ = [
 
 STATE_KEY = "asgi_groups_registry"
 """The ``app.state`` attribute that holds the registry (for HTTP handlers)."""
+
+logger = logging.getLogger("asgi_groups.adapters")
+
+
+def _session_middleware_cookie(app: Starlette) -> StarletteSessionCookie | None:
+    """The cookie of a ``SessionMiddleware`` added to ``app``, read with its own options.
+
+    ``install`` puts ``GroupsMiddleware`` outside it, where the session is not decoded yet.
+    """
+    from starlette.middleware.sessions import SessionMiddleware
+
+    for middleware in app.user_middleware:
+        if middleware.cls is not SessionMiddleware:  # type: ignore[comparison-overlap]
+            continue
+        options: dict[str, Any] = dict(middleware.kwargs)
+        secret = options.get("secret_key", middleware.args[0] if middleware.args else None)
+        if not secret:
+            return None
+        return StarletteSessionCookie(
+            str(secret),
+            cookie_name=options.get("session_cookie", "session"),
+            max_age=options.get("max_age", FOURTEEN_DAYS),
+        )
+    return None
+
+
+def _check_sessions(app: Starlette, options: dict[str, Any]) -> None:
+    """Fill in ``sessions`` from the app's ``SessionMiddleware``, or say why users will be
+    anonymous: a loader with nothing to load from is a misconfiguration, not a policy."""
+    if options.get("sessions") is not None:
+        return
+    cookie = _session_middleware_cookie(app)
+    if cookie is not None:
+        options["sessions"] = cookie
+        logger.warning(
+            "install(): the app has SessionMiddleware but no sessions= was given; reading its "
+            "cookie %r with its secret_key. Pass sessions=StarletteSessionCookie(secret_key) "
+            "to say so explicitly",
+            cookie.cookie_name,
+        )
+    elif options.get("users") is not None and not options.get("auth"):
+        logger.warning(
+            "install(users=...) without sessions= or auth=: nothing identifies a socket, so "
+            "every user will be anonymous. Pass sessions=StarletteSessionCookie(secret_key) "
+            "(or auth=[BearerToken(JwtVerifier(key))])"
+        )
 
 
 def lifespan(
@@ -91,12 +139,14 @@ async def refuse(websocket: WebSocket, exc: Exception) -> None:
 def install(app: Starlette, registry: Registry | None = None, **options: Any) -> Registry:
     """Wrap an existing app in ``GroupsMiddleware`` and run ``registry`` in its lifespan.
 
-    ``options`` go to ``GroupsMiddleware`` as they are (``sessions``, ``users``,
-    ``allowed_origins``, ...). The app's own lifespan (``lifespan=`` or startup handlers) still
-    runs, inside the registry's. ``LoginRequired`` is answered with HTTP 403. Call before the
-    app starts serving; returns the registry.
+    ``options`` go to ``GroupsMiddleware`` as they are (``sessions``, ``users``, ``auth``,
+    ``allowed_origins``, ...); without ``sessions``, an app's ``SessionMiddleware`` cookie is
+    read with its own secret (a warning says so). The app's own lifespan (``lifespan=`` or
+    startup handlers) still runs, inside the registry's. ``LoginRequired`` is answered with
+    HTTP 403. Call before the app starts serving; returns the registry.
     """
     registry = registry if registry is not None else Registry()
+    _check_sessions(app, options)
     app.add_middleware(GroupsMiddleware, registry=registry, **options)
     app.add_exception_handler(LoginRequired, refuse)
     app.router.lifespan_context = compose(registry, app.router.lifespan_context)

@@ -142,6 +142,11 @@ def build_parser() -> CliParser:
         action="store_true",
         help="MESSAGE is JSON: check it and send it as a JSON text frame",
     )
+    send_parser.add_argument(
+        "--allow-none",
+        action="store_true",
+        help="exit 0 even when no process of the app listens on the target (else exit 1)",
+    )
     send_parser.add_argument("message", metavar="MESSAGE", help="the text to send; - reads stdin")
     send_parser.set_defaults(handler=send)
 
@@ -320,7 +325,34 @@ async def send(args: argparse.Namespace) -> int:
         else "everyone"
     )
     print(f"sent {len(text.encode())} bytes to {target}")
+    receivers = await _receivers(args)
+    if receivers == 0:
+        prefix = args.prefix or "asgi_groups"
+        print(
+            f"0 receivers: no process of the app listens on {target} with prefix {prefix!r}; "
+            "check --prefix and the Redis URL (the app's own), or pass --allow-none",
+            file=sys.stderr,
+        )
+        return 0 if args.allow_none else 1
     return 0
+
+
+async def _receivers(args: argparse.Namespace) -> int | None:
+    """How many processes listen where ``send`` published (None when it cannot be told)."""
+    from asgi_groups.channels import BROADCAST, group_channel, user_channel
+    from asgi_groups.registry import Registry
+
+    options = {} if args.prefix is None else {"prefix": args.prefix}
+    channel = (
+        group_channel(args.group)
+        if args.group is not None
+        else user_channel(args.user)
+        if args.user is not None
+        else BROADCAST
+    )
+    async with Registry(args.redis, listen=False, **options) as registry:
+        count = getattr(registry.backend, "receivers", None)
+        return None if count is None else int(await count(channel))
 
 
 def _deployment(processes: list[dict[str, Any]]) -> dict[str, Any]:

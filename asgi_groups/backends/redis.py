@@ -362,6 +362,16 @@ class RedisBackend(Backend):
         except NETWORK_ERRORS as exc:
             raise self._publish_failed(exc) from exc
 
+    async def receivers(self, channel: str) -> int:
+        """How many processes listen on ``channel`` now (``PUBSUB NUMSUB``): 0 means a
+        publish there reaches nobody (e.g. a wrong prefix)."""
+        redis = self._reachable("the receivers cannot be counted")
+        try:
+            counts = await redis.pubsub_numsub(self.names.channel_key(channel))
+        except NETWORK_ERRORS as exc:
+            raise BackendUnavailable(f"could not count receivers: {exc}") from exc
+        return int(counts[0][1]) if counts else 0
+
     def _publish_failed(self, exc: Exception) -> BackendUnavailable:
         """The error a failed publish raises: not sent, or perhaps sent (no reply came)."""
         self._errors += 1
