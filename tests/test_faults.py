@@ -60,14 +60,14 @@ pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs apt-get install redis-server"
 )
 
-SHORT: dict[str, Any] = {"clients_per_process": 2, "warmup": 1.0, "settle": 3.0}
+SHORT: dict[str, Any] = {"clients_per_process": 2, "warmup": 1.0, "settle": 2.0}
 SCENARIOS = [
     Scenario("kill-long", "kill", 5.0),
     Scenario("stop-long", "stop", 10.0),
     Scenario("partition-long", "partition", 15.0),
-    Scenario("kill-short", "kill", 3.0, **SHORT),
+    Scenario("kill-short", "kill", 2.0, **SHORT),
     Scenario("stop-short", "stop", 3.0, **SHORT),
-    Scenario("partition-short", "partition", 5.0, **SHORT),
+    Scenario("partition-short", "partition", 4.0, **SHORT),
 ]
 #: In the default suite (the rest is opt-in: ``-m soak``, run before a release).
 DEFAULT = {"kill-short", "partition-short"}
