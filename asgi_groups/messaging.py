@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
 from . import codes
+from .channels import group_channel
 from .connection import Connection
 from .errors import AsgiGroupsError, BackendUnavailable, ConnectionClosed, DeliveryUnknown
 from .frames import Frame
@@ -45,6 +46,7 @@ from .limits import KiB
 from .ratelimit import TokenBucket, UserBuckets, WindowCounter, take_all
 from .registry import MAX_GROUP_NAME, Registry
 from .request import Request
+from .stream import message_frame
 from .types import Receive, Scope, Send, UserLike
 from .views import WsView
 
@@ -53,6 +55,10 @@ __all__ = [
     "DEFAULT_ERROR_WINDOW",
     "DEFAULT_MAX_STALL_CREDIT",
     "DEFAULT_MAX_TEXT_BYTES",
+    "DEFAULT_PRESENCE_BATCH_RATIO",
+    "DEFAULT_PRESENCE_FULL_LIST_MAX",
+    "DEFAULT_PRESENCE_INTERVAL",
+    "DEFAULT_PRESENCE_MAX_DELAY",
     "DEFAULT_RATE_BURST",
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_RATE_LIMIT_STRIKES",
@@ -73,12 +79,15 @@ __all__ = [
     "LocalDirectory",
     "MessagingView",
     "Presence",
+    "PresenceBatcher",
+    "PresenceDiff",
     "PresenceIn",
     "StaticDirectory",
     "TokenBucket",
     "UserRef",
     "WindowCounter",
     "decode_inbound",
+    "presence_batcher",
     "user_buckets",
 ]
 
@@ -251,6 +260,17 @@ class Presence(_Outbound):
     type: Literal["presence"] = "presence"
     group: str
     users: list[str]
+
+
+class PresenceDiff(_Outbound):
+    """``{"type": "presence_diff", "group", "joins", "leaves"}``: who came and went in a big group.
+
+    Applied to the last ``presence`` list a client holds (joins added, leaves removed)."""
+
+    type: Literal["presence_diff"] = "presence_diff"
+    group: str
+    joins: list[str]
+    leaves: list[str]
 
 
 class Hello(_Outbound):
@@ -474,14 +494,207 @@ class _Undelivered:
         self.next_at = now + self.interval
 
 
+#: How often waiting presence changes are looked at (seconds): one update per group at most.
+DEFAULT_PRESENCE_INTERVAL = 0.1
+#: Groups with at most this many local sockets get the whole list (self-correcting, small);
+#: bigger ones get a ``presence_diff`` of joins and leaves.
+DEFAULT_PRESENCE_FULL_LIST_MAX = 100
+#: A big group is told once its sockets are at most this many times the users who changed,
+#: so that a storm of N connects costs O(N) presence frames, not O(N²).
+DEFAULT_PRESENCE_BATCH_RATIO = 2
+#: ... or once the oldest waiting change is this old (seconds), however few changed.
+DEFAULT_PRESENCE_MAX_DELAY = 2.0
+
+
+class _GroupPresence:
+    """One group's presence changes waiting to be announced, and what was last announced."""
+
+    __slots__ = ("changed", "first_at", "fresh", "known", "told", "view")
+
+    def __init__(self, view: MessagingView) -> None:
+        self.view = view  # whose hooks and limits the next announcement uses
+        self.changed: set[str] = set()  # user ids whose sockets here opened or closed
+        self.fresh: set[Connection] = set()  # new sockets here that need the whole list
+        self.told: set[Connection] = set()  # new sockets here given the whole list at connect
+        self.known: dict[str, str] = {}  # user id -> username, as last announced from here
+        self.first_at: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.changed or self.fresh)
+
+
+class PresenceBatcher:
+    """Presence changes of one registry's messaging views, coalesced per group.
+
+    Each view notes its socket's groups on connect and disconnect; every ``presence_interval``
+    the groups that are due get one update each: the whole list for a small group, else a
+    diff (and the whole list to the sockets that are new), so a reconnect storm costs O(N)
+    frames however big the group.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.groups: dict[str, _GroupPresence] = {}
+        #: Presence frames handed to connections (group sends count each local recipient).
+        self.frames_sent = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_run = float("-inf")  # loop time of the last flush started by the timer
+
+    async def opened(self, view: MessagingView, conn: Connection, groups: Iterable[str]) -> None:
+        """``view``'s new socket is in ``groups``: in a small group it gets the list at once
+        (cheap there), in a big one with the group's next update; its groups hear of it."""
+        for group in groups:
+            state = self._state(view, group)
+            if len(self.registry.router.group(group)) > view.presence_full_list_max:
+                state.fresh.add(conn)
+                continue
+            try:
+                frame = await view.presence(group)
+            except AsgiGroupsError as exc:  # the backend is away: the next update tells it
+                logger.debug("presence for %r not sent: %r", group, exc)
+                state.fresh.add(conn)
+                continue
+            state.told.add(conn)
+            await self._tell(conn, group, frame)
+        self.note(view, groups)
+
+    def note(self, view: MessagingView, groups: Iterable[str]) -> None:
+        """Record that ``view``'s socket opened or closed in ``groups``."""
+        conn = view.connection
+        user_id = conn.user_id if conn is not None else None
+        now = view.clock()
+        for group in groups:
+            state = self._state(view, group)
+            if user_id is not None:
+                state.changed.add(user_id)
+            if state.first_at is None:
+                state.first_at = now
+        if view.presence_interval is not None:
+            self._arm(view.presence_interval)
+
+    async def _tell(self, conn: Connection, group: str, frame: Frame) -> None:
+        """Send one socket the list as the group would (a recoverable one gets it in the group's
+        envelope, after its resume), so that it arrives in the same order as group updates."""
+        stream = conn.stream
+        if stream is not None:
+            channel = group_channel(group)
+            now = stream.offer(channel, None, message_frame(channel, None, frame))
+            if now is None:  # held until the resume is done (or the hold is full: it closes)
+                self.frames_sent += 1
+                return
+            frame = now
+        with contextlib.suppress(ConnectionClosed):
+            await conn.send(frame)
+            self.frames_sent += 1
+
+    def _state(self, view: MessagingView, group: str) -> _GroupPresence:
+        state = self.groups.get(group)
+        if state is None:
+            state = self.groups[group] = _GroupPresence(view)
+        state.view = view
+        return state
+
+    def _arm(self, interval: float) -> None:
+        """Flush at once after a quiet interval (the first change is not delayed), else at the
+        end of the current one."""
+        if self._timer is None and (self._task is None or self._task.done()):
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._last_run + interval - loop.time())
+            self._timer = loop.call_later(wait, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        self._last_run = loop.time()
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        interval: float | None = None
+        try:
+            await self.flush()
+        finally:
+            for state in self.groups.values():
+                if state.pending:
+                    interval = state.view.presence_interval
+                    break
+            self._task = None
+            if interval is not None:
+                self._arm(interval)
+
+    def due(self, group: str, state: _GroupPresence) -> bool:
+        """Small group, enough users changed for the group's size, or waited long enough."""
+        view = state.view
+        members = len(self.registry.router.group(group))
+        if members <= view.presence_full_list_max:
+            return True
+        if members <= view.presence_batch_ratio * len(state.changed):
+            return True
+        first = state.first_at
+        return first is not None and view.clock() - first >= view.presence_max_delay
+
+    async def flush(self, *, force: bool = False) -> None:
+        """Announce every group that is due (every group with changes if ``force``)."""
+        for group, state in list(self.groups.items()):
+            if state.pending and (force or self.due(group, state)):
+                await self._announce(group, state)
+            if not state.pending and not self.registry.router.group(group):
+                self.groups.pop(group, None)  # nobody here: forget what was announced
+
+    async def _announce(self, group: str, state: _GroupPresence) -> None:
+        view = state.view
+        changed, fresh, told = state.changed, state.fresh, state.told
+        state.changed, state.fresh, state.told, state.first_at = set(), set(), set(), None
+        known = state.known
+        try:
+            online = await self.registry.presence(group)
+            names: dict[str, str] = {}
+            for uid in online:
+                name = known.get(uid)
+                names[uid] = name if name is not None else (await view.username_of(uid) or uid)
+            users = sorted(set(names.values()), key=str.casefold)
+            members = len(self.registry.router.group(group))
+            if members <= view.presence_full_list_max:
+                if sum(online.values()) == 1 and told.issuperset(
+                    self.registry.router.group(group)
+                ):  # a lone socket that got the list at connect: nobody else to tell
+                    state.known = names
+                    return
+                whole = Presence(group=group, users=users).frame()
+                # state, not conversation: not kept in history (a resume sends it fresh)
+                await self.registry.send_group(group, whole, history=False)
+                self.frames_sent += members
+            else:
+                if fresh:
+                    whole = Presence(group=group, users=users).frame()
+                    for conn in fresh:
+                        await self._tell(conn, group, whole)
+                now = set(users)
+                joins = {names[uid] for uid in names if uid not in known or uid in changed}
+                leaves = {name for uid, name in known.items() if uid not in names} - now
+                if joins or leaves:
+                    diff = PresenceDiff(
+                        group=group,
+                        joins=sorted(joins, key=str.casefold),
+                        leaves=sorted(leaves, key=str.casefold),
+                    ).frame()
+                    await self.registry.send_group(group, diff, history=False)
+                    self.frames_sent += members
+            state.known = names
+        except AsgiGroupsError as exc:  # shutting down, or the backend is away
+            logger.debug("presence for %r not announced: %r", group, exc)
+
+
 class _Shared:
     """What the messaging views of one registry share in this process."""
 
-    __slots__ = ("undelivered", "users")
+    __slots__ = ("presence", "undelivered", "users")
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.users = UserBuckets()
         self.undelivered = _Undelivered()
+        self.presence = PresenceBatcher(registry)
 
 
 # Keyed by the app's registry, weakly: gone with it.
@@ -491,8 +704,13 @@ _SHARED: weakref.WeakKeyDictionary[Registry, _Shared] = weakref.WeakKeyDictionar
 def _shared(registry: Registry) -> _Shared:
     shared = _SHARED.get(registry)
     if shared is None:
-        shared = _SHARED[registry] = _Shared()
+        shared = _SHARED[registry] = _Shared(registry)
     return shared
+
+
+def presence_batcher(registry: Registry) -> PresenceBatcher:
+    """The presence announcements of the messaging views of ``registry`` waiting to be sent."""
+    return _shared(registry).presence
 
 
 def user_buckets(registry: Registry) -> UserBuckets:
@@ -538,6 +756,15 @@ class MessagingView(WsView):
     retry_after: ClassVar[float] = DEFAULT_RETRY_AFTER
     #: Tell a user's groups who is online whenever one of their sockets opens or closes.
     announce_presence: ClassVar[bool] = True
+    #: Presence changes are coalesced per group and sent at most this often (seconds; ``None``:
+    #: only when :func:`presence_batcher` is flushed by hand, as tests do).
+    presence_interval: ClassVar[float | None] = DEFAULT_PRESENCE_INTERVAL
+    #: Groups up to this many sockets (here) get the whole list; bigger ones a diff.
+    presence_full_list_max: ClassVar[int] = DEFAULT_PRESENCE_FULL_LIST_MAX
+    #: A big group is told once its sockets are at most this many times the users who changed…
+    presence_batch_ratio: ClassVar[int] = DEFAULT_PRESENCE_BATCH_RATIO
+    #: … or once its oldest waiting change is this old (seconds).
+    presence_max_delay: ClassVar[float] = DEFAULT_PRESENCE_MAX_DELAY
     #: The sender's own tabs get a copy of a direct message, and of a group message to a group
     #: they are not in, so every page shows the conversation.
     echo_to_sender: ClassVar[bool] = True
@@ -627,7 +854,7 @@ class MessagingView(WsView):
             )
             await self._send_frame(hello.frame())  # the socket may have been revoked meanwhile
             if self.announce_presence:
-                await self._announce(mine)
+                await presence_batcher(self.registry).opened(self, conn, mine)
 
     async def on_receive(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._buckets:
@@ -666,7 +893,7 @@ class MessagingView(WsView):
 
     async def on_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.announce_presence and self._member_of:
-            await self._announce(sorted(self._member_of))
+            self._announce(sorted(self._member_of))
 
     async def _finish(
         self, exc: BaseException | None, scope: Scope, receive: Receive, send: Send
@@ -790,13 +1017,9 @@ class MessagingView(WsView):
         names = [await self.username_of(uid) or uid for uid in online]
         return Presence(group=group, users=sorted(set(names), key=str.casefold)).frame()
 
-    async def _announce(self, groups: list[str]) -> None:
-        for group in groups:
-            try:
-                # state, not conversation: not kept in history (a resume sends it fresh)
-                await self.registry.send_group(group, await self.presence(group), history=False)
-            except AsgiGroupsError as exc:  # shutting down, or the backend is away
-                logger.debug("presence for %r not announced: %r", group, exc)
+    def _announce(self, groups: list[str]) -> None:
+        """Queue a presence update for ``groups`` (coalesced per group, see PresenceBatcher)."""
+        presence_batcher(self.registry).note(self, groups)
 
     # -- errors and limits -------------------------------------------------------------------
 

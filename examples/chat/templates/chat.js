@@ -173,6 +173,15 @@ function handle(msg) {
         renderPresence();
       }
       break;
+    case "presence_diff": // a big group's changes since its last update: applied to the list
+      if (typeof msg.group === "string" && Array.isArray(msg.joins) && Array.isArray(msg.leaves)) {
+        const users = new Set(presence.get(msg.group) || []);
+        for (const name of msg.leaves) users.delete(String(name));
+        for (const name of msg.joins) users.add(String(name));
+        presence.set(msg.group, [...users].sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" })));
+        renderPresence();
+      }
+      break;
     case "broadcast":
     case "group":
     case "direct":
