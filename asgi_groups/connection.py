@@ -300,6 +300,7 @@ class Connection:
     async def _drain(self, started: Awaitable[Any] | None = None) -> None:
         send = self._send
         coalesce = self.limits.coalesce
+        json_only = self.limits.coalesce_json_only
         try:
             if started is not None:
                 await started
@@ -310,8 +311,8 @@ class Connection:
                 frame = queue.popleft()
                 self._queued_bytes -= frame.size
                 event = frame.event
-                if coalesce > 1 and queue and "text" in event:
-                    event = self._coalesced(queue, event, coalesce)
+                if coalesce > 1 and queue and (frame.json if json_only else "text" in event):
+                    event = self._coalesced(queue, event, coalesce, json_only)
                 await send(event)
                 if frame.size == 0 and event["type"] == "websocket.close":
                     self._state = CLOSED
@@ -329,10 +330,18 @@ class Connection:
             if self._queue is not None and not self._queue:
                 self._queue = None
 
-    def _coalesced(self, queue: deque[Frame], first: dict[str, Any], limit: int) -> dict[str, Any]:
-        """Join the text frames at the head of ``queue`` (up to ``limit``) into one event."""
+    def _coalesced(
+        self, queue: deque[Frame], first: dict[str, Any], limit: int, json_only: bool = False
+    ) -> dict[str, Any]:
+        """Join the text frames (JSON ones only, if ``json_only``) at the head of ``queue`` (up
+        to ``limit``) into one event."""
         parts = [first["text"]]
-        while queue and len(parts) < limit and queue[0].size and "text" in queue[0].event:
+        while (
+            queue
+            and len(parts) < limit
+            and queue[0].size
+            and (queue[0].json if json_only else "text" in queue[0].event)
+        ):
             frame = queue.popleft()
             self._queued_bytes -= frame.size
             parts.append(frame.event["text"])

@@ -25,7 +25,9 @@ class QueueLimits:
     TCP connection as :mod:`asgi_groups.servers` describes). ``coalesce``: when several text frames
     wait for one connection, send up to this many as ONE frame joined by ``"\n"`` (opt-in,
     default 1 = off; only for messages without raw newlines, such as compact JSON — the
-    client splits on ``"\n"``).
+    client splits on ``"\n"``). ``coalesce_json_only``: join only frames the library encoded as
+    one JSON document (``Frame.json``), so that any other frame is sent as it is; the library's
+    own client protocol (``RecoverableView``) coalesces that way by default.
     """
 
     max_messages: int = 1000
@@ -33,6 +35,7 @@ class QueueLimits:
     overflow: OverflowPolicy = "close"
     close_timeout: float = 5.0
     coalesce: int = 1
+    coalesce_json_only: bool = False
 
     def __post_init__(self) -> None:
         if self.max_messages < 1 or self.max_bytes < 1:
@@ -46,6 +49,13 @@ class QueueLimits:
 
 
 DEFAULT_QUEUE_LIMITS = QueueLimits()
+
+#: JSON frames joined into one WebSocket frame for a connection of the library's own client
+#: protocol (``RecoverableView.coalesce``; the official clients split them). 1 = off: a client
+#: written from docs/PROTOCOL.md alone reads one document per frame; 16 suits the official ones.
+DEFAULT_PROTOCOL_COALESCE = 1
+#: What ``RecoverableView.coalesce`` is best set to when every client is an official one.
+OFFICIAL_CLIENT_COALESCE = 16
 
 #: Largest outbound message a registry accepts (refused at the sender with ``MessageTooLarge``).
 DEFAULT_MAX_MESSAGE_SIZE = 1 * MiB
