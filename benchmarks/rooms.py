@@ -122,7 +122,7 @@ async def run(workload: str, backend: str, args: argparse.Namespace, log: Path) 
                 )
                 socks.extend(batch)
             readers = [asyncio.create_task(read(ws)) for ws in socks]
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(args.warmup)
             rng = random.Random(7)
             total = int(args.rate * args.seconds)
             pids = {"server": proc.pid}
@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--room", type=int, default=5, help="members per room")
     parser.add_argument("--rate", type=float, default=200.0, help="publishes per second")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds idle before")
     parser.add_argument("--workload", default="rooms,direct")
     parser.add_argument("--backends", default="memory,redis")
     parser.add_argument("--json", type=Path)

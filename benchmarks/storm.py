@@ -27,10 +27,13 @@ from .procstat import cpu_ns
 SECRET = "storm-benchmark-secret"
 #: Probes each established client sends per second during the storm.
 PROBE_RATE = 10.0
-#: The storm is over when no presence frame arrived for this long (seconds) ...
-QUIET = 1.0
+#: The storm is over when no presence frame arrived for this long (seconds; longer than
+#: MessagingView.presence_max_delay, so that the last coalesced update is counted) ...
+QUIET = 3.0
 #: ... or at the latest this long after the last handshake.
-SETTLE_MAX = 20.0
+SETTLE_MAX = 30.0
+#: Seconds to wait for probe answers still in flight before counting them lost.
+PROBE_GRACE = 10.0
 SYSTEMS = ("raw", "groups")
 
 
@@ -212,7 +215,10 @@ async def run(system: str, n: int, established: int, log: Path) -> dict[str, Any
         cpu = cpu_ns(proc.pid) - cpu0
         stop.set()
         await asyncio.gather(*probing)
-        await asyncio.sleep(0.5)
+        for _ in range(int(PROBE_GRACE * 10)):
+            if not probes:
+                break
+            await asyncio.sleep(0.1)
         lost = len(probes)
         ordered = sorted(rtts)
 
