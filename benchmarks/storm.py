@@ -33,7 +33,7 @@ QUIET = 3.0
 #: ... or at the latest this long after the last handshake.
 SETTLE_MAX = 30.0
 #: Seconds to wait for probe answers still in flight before counting them lost.
-PROBE_GRACE = 10.0
+PROBE_GRACE = 30.0
 SYSTEMS = ("raw", "groups")
 
 
