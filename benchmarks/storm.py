@@ -35,6 +35,8 @@ SETTLE_MAX = 30.0
 #: Seconds to wait for probe answers still in flight before counting them lost.
 PROBE_GRACE = 30.0
 SYSTEMS = ("raw", "groups")
+#: Diagnostic: asgi_groups with hellos that list no users (``--systems raw,groups,groups-nolist``).
+DIAGNOSTIC = ("groups-nolist",)
 
 
 # -- the servers -------------------------------------------------------------------------------
@@ -69,20 +71,28 @@ def users(n: int, established: int) -> list[Any]:
     return storm + steady
 
 
-def groups_app(n: int, established: int) -> Any:
-    """MessagingView as an app would deploy it: signed cookie, user store, presence on."""
+def groups_app(n: int, established: int, user_list: bool = True) -> Any:
+    """MessagingView as an app would deploy it: signed cookie, user store, presence on.
+
+    ``user_list=False`` (diagnostic): the hello lists no users, to see what listing every user
+    in every hello costs."""
     from asgi_groups import GroupsMiddleware, InMemoryUsers, Registry
     from asgi_groups.messaging import MessagingView, StaticDirectory
     from asgi_groups.sessions import SignedCookie
 
     people = users(n, established)
 
+    class NoList(StaticDirectory):
+        async def listing(self) -> tuple[list[str], list[str]]:
+            return (await super().listing())[0], []
+
     class Chat(MessagingView):
         rate_limit = None
         user_rate_limit = None
 
     registry = Registry()
-    endpoint = Chat.as_asgi(directory=StaticDirectory(people))
+    directory = StaticDirectory(people) if user_list else NoList(people)
+    endpoint = Chat.as_asgi(directory=directory)
     return GroupsMiddleware(
         endpoint, registry, sessions=SignedCookie(SECRET), users=InMemoryUsers(people)
     )
@@ -92,7 +102,7 @@ def serve(system: str, port: int, n: int, established: int) -> None:
     from .serve import run_asgi
 
     raise_nofile()
-    app = raw_app() if system == "raw" else groups_app(n, established)
+    app = raw_app() if system == "raw" else groups_app(n, established, system != "groups-nolist")
     run_asgi(app, "127.0.0.1", port, "websockets-sansio")
 
 
@@ -266,7 +276,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command")
     srv = sub.add_parser("serve")
-    srv.add_argument("system", choices=SYSTEMS)
+    srv.add_argument("system", choices=SYSTEMS + DIAGNOSTIC)
     srv.add_argument("--port", type=int, required=True)
     srv.add_argument("--n", type=int, default=2000)
     srv.add_argument("--established", type=int, default=20)
