@@ -672,17 +672,10 @@ class Registry:
         ones among them, whose live messages wait. Those get what they missed from history, in
         place; any other connection not told yet is told now (:meth:`on_missed`).
         """
-        for user_id, args in list(self._revocations.items()):
-            try:
-                await self.backend.control("disconnect_user", args)
-            except BackendUnavailable:
-                break  # down again: the next break retries
-            self._revocations.pop(user_id, None)
-        with contextlib.suppress(BackendUnavailable):
-            users = list(self.router.user_ids())
-            for args in (await self.backend.revocations(users)).values():
-                if float(args.get("at", 0.0)) >= down_at - CLOCK_SKEW:
-                    self._apply_control("disconnect_user", args)
+        try:
+            await self._catch_up_revocations(down_at)
+        except Exception:  # the repair below must run whatever happens here
+            logger.exception("revocations not caught up after the break")
         recoveries: dict[tuple[str, Position], asyncio.Task[Recovery]] = {}
         told = recovered = 0
         for conn in list(self.router.members()):
@@ -705,6 +698,20 @@ class Registry:
             recovered,
             told,
         )
+
+    async def _catch_up_revocations(self, down_at: float) -> None:
+        """Send the revocations that waited for the backend; apply those made meanwhile."""
+        for user_id, args in list(self._revocations.items()):
+            try:
+                await self.backend.control("disconnect_user", args)
+            except BackendUnavailable:
+                return  # down again: the next break retries
+            self._revocations.pop(user_id, None)
+        with contextlib.suppress(BackendUnavailable):
+            users = list(self.router.user_ids())
+            for args in (await self.backend.revocations(users)).values():
+                if float(args.get("at", 0.0)) >= down_at - CLOCK_SKEW:
+                    self._apply_control("disconnect_user", args)
 
     async def _recover_in_place(
         self,

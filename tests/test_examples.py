@@ -165,9 +165,10 @@ async def test_chat_apps_share_redis_across_processes(redis_url: str, tmp_path: 
             )
 
         async def next_of(sock: Any, kind: str) -> dict[str, Any]:
-            while (frame := chat_frame(await sock.recv()))["type"] != kind:
-                pass
-            return frame
+            async with asyncio.timeout(10):
+                while (frame := chat_frame(await sock.recv()))["type"] != kind:
+                    pass
+                return frame
 
         async with ws(one, cookies["greg"]) as greg, ws(two, cookies["chuck"]) as chuck:
             await greg.send(HELLO)
