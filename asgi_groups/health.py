@@ -26,6 +26,7 @@ __all__ = [
     "LARGEST_GROUPS",
     "STATS_INTERVAL",
     "Endpoint",
+    "Periodic",
     "StatsReporter",
     "livez",
     "not_ready",
@@ -146,21 +147,24 @@ def process_stats(registry: Registry, largest: int = LARGEST_GROUPS) -> dict[str
     }
 
 
-class StatsReporter:
-    """Publishes :func:`process_stats` to Redis every ``interval`` seconds while the registry
-    runs (a registry companion: ``registry.add_companion(StatsReporter(registry))``).
+class Periodic:
+    """A registry companion that calls :meth:`tick` every ``interval`` seconds while the
+    registry runs; a failing tick is logged and the next one comes on time."""
 
-    Does nothing on a backend other than Redis. Each snapshot expires after
-    ``STATS_TTL_INTERVALS`` intervals, so a process that died drops out of the view.
-    """
+    #: What the log says a failed tick did not do, and on which logger.
+    failure = "periodic work not done"
+    log = logger
 
-    def __init__(self, registry: Registry, interval: float = STATS_INTERVAL) -> None:
-        self.registry = registry
+    def __init__(self, interval: float) -> None:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
+    async def tick(self) -> None:
+        """One round of the work."""
+        raise NotImplementedError
+
     async def start(self) -> None:
-        if hasattr(self.registry.backend, "put_stats") and self._task is None:
+        if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
@@ -170,6 +174,33 @@ class StatsReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                self.log.exception(self.failure)
+            await asyncio.sleep(self.interval)
+
+
+class StatsReporter(Periodic):
+    """Publishes :func:`process_stats` to Redis every ``interval`` seconds while the registry
+    runs (a registry companion: ``registry.add_companion(StatsReporter(registry))``).
+
+    Does nothing on a backend other than Redis. Each snapshot expires after
+    ``STATS_TTL_INTERVALS`` intervals, so a process that died drops out of the view.
+    """
+
+    failure = "stats not published"
+
+    def __init__(self, registry: Registry, interval: float = STATS_INTERVAL) -> None:
+        super().__init__(interval)
+        self.registry = registry
+
+    async def start(self) -> None:
+        if hasattr(self.registry.backend, "put_stats"):
+            await super().start()
+
     async def publish(self) -> None:
         """Publish one snapshot now (``BackendUnavailable`` while Redis is unreachable)."""
         snapshot = process_stats(self.registry)
@@ -177,12 +208,8 @@ class StatsReporter:
         ttl = self.interval * STATS_TTL_INTERVALS
         await self.registry.backend.put_stats(fields, ttl)  # type: ignore[attr-defined]
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.publish()
-            except BackendUnavailable as exc:
-                logger.debug("stats not published: %s", exc)
-            except Exception:
-                logger.exception("stats not published")
-            await asyncio.sleep(self.interval)
+    async def tick(self) -> None:
+        try:
+            await self.publish()
+        except BackendUnavailable as exc:  # expected while Redis is away: not a failure
+            logger.debug("stats not published: %s", exc)

@@ -13,7 +13,6 @@ bounded (kinds, reasons, close codes; never a user id or a group name).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -39,7 +38,7 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from .health import Endpoint, StatsReporter, livez, readyz
+from .health import Endpoint, Periodic, StatsReporter, livez, readyz
 from .registry import LatencyHistogram, Registry
 from .types import ASGIApp, Receive, Scope, Send
 
@@ -275,42 +274,31 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-class Mirror:
+class Mirror(Periodic):
     """Copies a registry's counters into multiprocess metric objects (multiprocess mode).
 
     A registry companion: it mirrors every ``interval`` seconds while the registry runs, so
     that a scrape served by any worker sees every worker's numbers. One per process.
     """
 
+    failure = "metrics not mirrored"
+    log = logger
+
     def __init__(self, registry: Registry, interval: float = MIRROR_INTERVAL) -> None:
+        super().__init__(interval)
         self.registry = registry
-        self.interval = interval
         self._metrics: dict[str, Counter | Gauge] = {}
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
         #: Per sampled histogram: its multiprocess metric, bucket counts and sum mirrored so far.
         self._histograms: dict[str, tuple[Histogram, list[int], list[float]]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await super().close()
         with contextlib.suppress(Exception):
             self.sync()  # the last numbers of this process stay in its counters' files
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.sync()
-            except Exception:
-                logger.exception("metrics not mirrored")
-            await asyncio.sleep(self.interval)
+    async def tick(self) -> None:
+        self.sync()
 
     def sync(self) -> None:
         """Mirror the registry's numbers now: counters by their increase, gauges as they are."""
