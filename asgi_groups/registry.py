@@ -446,8 +446,9 @@ class Registry:
         frame = self.frame(message)
         exclude_id = exclude.id if isinstance(exclude, Connection) else exclude
         sampled = not self._messages_sent & LATENCY_SAMPLE_MASK
-        start = time.perf_counter() if sampled else 0.0
+        start = 0.0
         if sampled:
+            start = time.perf_counter()
             self._await_delivery(frame, start)
         position = await self.backend.publish(
             channel, frame, exclude_id, history and self.keeps_history(channel)
