@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -297,3 +298,19 @@ def test_password_hash_format_and_verification() -> None:
         assert not verify_password("pw", broken)
     huge_n = encoded.replace("n=16384", f"n={2**30}")
     assert not verify_password("pw", huge_n), "parameters from the database are bounded"
+
+
+async def test_workers_starting_at_once_all_create_the_tables(tmp_path: Any) -> None:
+    """Several workers on one database file each run ``create_all`` at start: none fails
+    because another created a table between its check and its ``CREATE``."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    for _ in range(5):
+        (tmp_path / "shared.db").unlink(missing_ok=True)
+        stores = [SqlUserStore(url) for _ in range(3)]
+        try:
+            await asyncio.gather(*(store.create_all() for store in stores))
+            await stores[0].create_user("ann", "pw")
+            assert [user.username for user in await stores[2].list_users()] == ["ann"]
+        finally:
+            for store in stores:
+                await store.close()

@@ -172,14 +172,15 @@ def workers(tmp_path: Path, redis_url: str, chat_env: dict[str, str]) -> Iterato
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "examples.chat.starlette_app:app", "--workers", "2"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log_path = tmp_path / "uvicorn.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_port(port, proc=proc)
         yield f"127.0.0.1:{port}", directory
     finally:
         stop_process(proc)
+        print(f"uvicorn's log:\n{log_path.read_text()}")  # shown when the test failed
 
 
 async def test_two_workers_in_multiprocess_mode_add_up(workers: tuple[str, Path]) -> None:

@@ -38,6 +38,10 @@ DEFAULT_URL = "sqlite+aiosqlite:///./asgi_groups.sqlite3"
 _URL_HELP = "e.g. sqlite+aiosqlite:///./app.sqlite3 or postgresql+asyncpg://user@host/dbname"
 _MAX_NAME = 150
 _CREATE_HINT = "create the tables first: store.create_all() or asgi-groups db create-all"
+#: Errors of a table another process created a moment earlier: ``create_all`` tries again.
+_CREATED_CONCURRENTLY = re.compile(r"already exists|database is locked", re.IGNORECASE)
+#: How often ``create_all`` tries when other processes are creating the same tables.
+_CREATE_ATTEMPTS = 5
 _MISSING_TABLE = re.compile(
     r"no such table|relation \S*auth_\S* does not exist|auth_\S* doesn't exist"
 )
@@ -241,9 +245,23 @@ class SqlUserStore:
             raise StoreError(f"cannot reach the database {self.url}: {exc}") from exc
 
     async def create_all(self) -> None:
-        """Create the auth tables that do not exist yet."""
-        async with self._begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        """Create the auth tables that do not exist yet.
+
+        Safe when several workers start at once: a table another process created between the
+        check and the ``CREATE`` sends this one round again, and that round finds it.
+        """
+        for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            try:
+                async with self._begin() as conn:
+                    await conn.run_sync(Base.metadata.create_all)
+                return
+            except (StoreError, IntegrityError) as exc:
+                concurrent = isinstance(exc, IntegrityError) or _CREATED_CONCURRENTLY.search(
+                    str(exc)
+                )
+                if not concurrent or attempt == _CREATE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
 
     async def create_user(
         self,
