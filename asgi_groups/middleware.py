@@ -9,6 +9,7 @@ do: no copy per socket). HTTP and lifespan pass through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -75,6 +76,26 @@ class _Admitted:
 ADMITTED = _Admitted()
 
 
+#: Set in the task of a socket refused with an HTTP response (see ``_QuietRefusal``).
+_refused_with_response: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "asgi_groups_refused_with_response", default=False
+)
+
+
+class _QuietRefusal(logging.Filter):
+    """Drops uvicorn's "returned without completing handshake" ERROR for a socket this library
+    refused with an HTTP response: its websockets-sansio protocol logs it for every such
+    refusal although the client got the status (the refusal has its own INFO line)."""
+
+    MESSAGE = "ASGI callable returned without completing handshake"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_refused_with_response.get() and record.getMessage().startswith(self.MESSAGE))
+
+
+_QUIET = _QuietRefusal()
+
+
 def _reason(status: int) -> str:
     """The bounded reason a refusal is counted under, from its HTTP status."""
     if status in (401, 403):
@@ -117,6 +138,10 @@ async def reject(
     try:
         if "websocket.http.response" in (scope.get("extensions") or {}):
             body = detail.encode()
+            _refused_with_response.set(True)
+            server_log = logging.getLogger("uvicorn.error")
+            if _QUIET not in server_log.filters:
+                server_log.addFilter(_QUIET)
             await send(
                 {
                     "type": "websocket.http.response.start",
