@@ -68,6 +68,8 @@ class Credential:
     ``ambient``: sent by the browser on its own (a cookie): such a socket needs a same-site
     Origin. ``recheck``: re-reads the credential later (a cookie's expiry, key rotation).
     ``subprotocol``: the offered subprotocol that carried the token (never echoed back).
+    ``renew``: checks a fresh token of the same kind, sent on the open socket (a refresh
+    frame), and gives its credential; None when the credential cannot be renewed (cookies).
     """
 
     session: Session
@@ -77,6 +79,7 @@ class Credential:
     source: str = ""
     recheck: Callable[[], Session | None] | None = field(default=None, repr=False)
     subprotocol: str | None = None
+    renew: Callable[[str], Awaitable[Credential]] | None = field(default=None, repr=False)
 
 
 @runtime_checkable
@@ -99,7 +102,12 @@ async def _verify(verifier: TokenVerifier, token: str, source: str) -> Credentia
         result = await result
     if not isinstance(result, Credential):
         raise TypeError(f"a token verifier must return a Credential, not {type(result).__name__}")
-    return result
+    return dataclasses.replace(result, renew=_renewer(verifier))
+
+
+def _renewer(verifier: TokenVerifier) -> Callable[[str], Awaitable[Credential]]:
+    """Checks a refreshed token with the verifier that checked the first one."""
+    return lambda token: _verify(verifier, token, "refresh frame")
 
 
 def cookie_value(scope: Scope, name: str) -> str | None:

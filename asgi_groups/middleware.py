@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from asgiref.sync import markcoroutinefunction
 
 from . import codes
 from .credentials import (
+    MAX_TOKEN_LENGTH,
     Authenticator,
     Credential,
     InvalidCredential,
@@ -28,7 +30,14 @@ from .credentials import (
 from .origin import OriginPolicy
 from .registry import Registry
 from .request import Headers
-from .revalidation import CONNECTION_KEY, DEFAULT_EXPIRY_EVERY, Revalidator, Watched
+from .revalidation import (
+    CONNECTION_KEY,
+    DEFAULT_EXPIRY_EVERY,
+    EXPIRES_IN_KEY,
+    Revalidator,
+    Watched,
+)
+from .stream import REFRESH, REFRESHED, error_frame, protocol_frame
 from .types import (
     ASGIApp,
     Message,
@@ -49,6 +58,8 @@ logger = logging.getLogger("asgi_groups.middleware")
 refusals = logging.getLogger("asgi_groups.refusals")
 
 REGISTRY_KEY = "asgi_groups.registry"
+#: Longest text frame read as a possible refresh frame (a token and a little JSON around it).
+MAX_REFRESH_FRAME = MAX_TOKEN_LENGTH + 256
 SUBPROTOCOL_KEY = "asgi_groups.token_subprotocol"
 """The scope entry naming the offered subprotocol that carried the socket's token."""
 
@@ -223,6 +234,7 @@ class GroupsMiddleware:
         elif revalidate_every is not None and self._load is not None:
             self.revalidator = Revalidator(revalidate_every, self._user, clock=clock)
         self._start_lock: asyncio.Lock | None = None
+        self.clock = clock
 
     @staticmethod
     def _loader(users: Any) -> UserLoader | None:
@@ -264,6 +276,8 @@ class GroupsMiddleware:
             send = _choosing_subprotocol(send, scope, token_protocol)
         if isinstance(watched, Watched):
             assert self.revalidator is not None
+            if watched.renew is not None:
+                receive = self._refreshing(receive, watched)
             await self.revalidator.serve(watched, self.app, scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -330,14 +344,82 @@ class GroupsMiddleware:
             return ADMITTED
         if credential.expires_at is None and self.revalidator.every is None:
             return ADMITTED
-        return Watched(
+        watched = Watched(
             scope,
             None,
             None,
             user.id,
             expires_at=credential.expires_at,
             recheck=credential.recheck,
+            renew=credential.renew,
         )
+        if watched.expires_at is not None:
+            scope[EXPIRES_IN_KEY] = lambda: watched.expires_in(self.clock())
+        return watched
+
+    def _refreshing(self, receive: Receive, watched: Watched) -> Receive:
+        """A ``receive`` that takes the socket's refresh frames (``ag.refresh``) out of the
+        stream and renews its credential; every other message goes to the app unchanged."""
+
+        async def receiving() -> Message:
+            while True:
+                message = await receive()
+                text = message.get("text") if message["type"] == "websocket.receive" else None
+                if (
+                    text is None
+                    or len(text) > MAX_REFRESH_FRAME
+                    or REFRESH not in text
+                    or not await self._refresh(watched, text)
+                ):
+                    return message
+
+        return receiving
+
+    async def _refresh(self, watched: Watched, text: str) -> bool:
+        """Renew ``watched``'s credential from a refresh frame; False if ``text`` is not one.
+
+        The token must be valid and name the same user; then the socket lives until the new
+        expiry (``ag.refreshed``). Otherwise the old expiry stands (``ag.error``
+        "refresh_refused"): a bad refresh never closes a socket that is still valid.
+        """
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            return False
+        if not isinstance(frame, dict) or frame.get("type") != REFRESH:
+            return False
+        request_id = frame.get("id")
+        token = frame.get("token")
+        assert watched.renew is not None
+        try:
+            if not isinstance(token, str):
+                raise InvalidCredential("a refresh frame needs a string 'token'")
+            credential = await watched.renew(token)
+            user = await self._credential_user(credential)
+            if not user.is_authenticated or str(user.id) != str(watched.user_id):
+                raise InvalidCredential("the token names another user")
+        except InvalidCredential as exc:
+            logger.info("refusing a refresh of user %s's socket: %s", watched.user_id, exc)
+            reply = error_frame("refresh_refused", str(exc), request_id)
+        except Exception:
+            logger.exception("refresh of user %s's socket failed", watched.user_id)
+            reply = error_frame("refresh_failed", "cannot check the token now", request_id)
+        else:
+            watched.expires_at = credential.expires_at
+            watched.recheck = credential.recheck
+            watched.scope["session"] = credential.session
+            body: dict[str, Any] = {
+                "type": REFRESHED,
+                "expires_at": credential.expires_at,
+                "expires_in": watched.expires_in(self.clock()),
+            }
+            if request_id is not None:
+                body["id"] = request_id
+            reply = protocol_frame(body)
+        conn = watched.scope.get(CONNECTION_KEY)
+        if conn is not None:
+            conn.deliver(reply)
+        return True
 
     async def _refuse_origin(self, scope: Scope, send: Send, note: str) -> None:
         await reject(

@@ -23,6 +23,7 @@ from .errors import BackendUnavailable, ConnectionClosed
 from .frames import Frame
 from .history import Entry, Position
 from .limits import DEFAULT_PROTOCOL_COALESCE, KiB, QueueLimits
+from .revalidation import EXPIRES_IN_KEY
 from .stream import (
     HELLO,
     HISTORY,
@@ -221,6 +222,9 @@ class RecoverableView(WsView):
             "recovered": recovered,
             "channels": statuses,
         }
+        expires_in = self.scope.get(EXPIRES_IN_KEY)
+        if expires_in is not None:
+            welcome["expires_in"] = expires_in()  # the client refreshes its token in time
         if not await self._reply(protocol_frame(welcome)):
             return
         for channel, epoch, entries in replays:

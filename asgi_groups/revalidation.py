@@ -17,14 +17,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import codes
+from .credentials import Credential
 from .types import ASGIApp, Receive, Scope, Send, Session, SessionCodec, UserLike
 
-__all__ = ["CONNECTION_KEY", "DEFAULT_EXPIRY_EVERY", "Revalidator", "Watched"]
+__all__ = ["CONNECTION_KEY", "DEFAULT_EXPIRY_EVERY", "EXPIRES_IN_KEY", "Revalidator", "Watched"]
 
 logger = logging.getLogger("asgi_groups.revalidation")
 
 CONNECTION_KEY = "asgi_groups.connection"
 """The scope entry where a view puts the socket's ``Connection`` (how a lapsed one is closed)."""
+
+EXPIRES_IN_KEY = "asgi_groups.expires_in"
+"""The scope entry of a socket whose credential lapses: a callable giving the seconds left (the
+welcome and the refresh answer tell the client, so that it refreshes in time)."""
 
 DEFAULT_EXPIRY_EVERY = 1.0
 """Seconds between checks of open sockets' credential expiry: a lapsed token is closed within it."""
@@ -35,10 +40,11 @@ class Watched:
 
     ``expires_at``: Unix time its credential lapses (None: never); ``recheck`` re-reads the
     credential's session (None when it no longer holds); the ``codec`` and ``cookie`` do the
-    same for a session cookie.
+    same for a session cookie. ``renew`` checks a fresh token sent on the socket (None: the
+    credential cannot be renewed there).
     """
 
-    __slots__ = ("codec", "cookie", "expires_at", "recheck", "scope", "user_id")
+    __slots__ = ("codec", "cookie", "expires_at", "recheck", "renew", "scope", "user_id")
 
     def __init__(
         self,
@@ -49,6 +55,7 @@ class Watched:
         *,
         expires_at: float | None = None,
         recheck: Callable[[], Session | None] | None = None,
+        renew: Callable[[str], Awaitable[Credential]] | None = None,
     ) -> None:
         self.scope = scope
         self.codec = codec
@@ -56,6 +63,11 @@ class Watched:
         self.user_id = user_id
         self.expires_at = expires_at
         self.recheck = recheck
+        self.renew = renew
+
+    def expires_in(self, now: float) -> float | None:
+        """Seconds until the credential lapses at Unix time ``now`` (None: never)."""
+        return None if self.expires_at is None else max(0.0, round(self.expires_at - now, 3))
 
 
 class Revalidator:

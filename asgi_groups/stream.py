@@ -39,6 +39,8 @@ WELCOME = "ag.welcome"
 MESSAGE = "ag.message"
 HISTORY = "ag.history"
 ERROR = "ag.error"
+REFRESH = "ag.refresh"
+REFRESHED = "ag.refreshed"
 
 #: Longest epoch accepted from a client (ours are 16 hex digits, a colon and a counter).
 MAX_EPOCH = 64

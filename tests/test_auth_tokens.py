@@ -2,7 +2,8 @@
 
 A real login route signs a real JWT; the socket carries it in the ``Authorization`` header,
 the query string, ``Sec-WebSocket-Protocol`` or a cookie. Time is an injectable clock: an
-expired token closes its open socket with 4401 within the expiry check interval.
+expired token closes its open socket with 4401 within the expiry check interval, unless the
+client sends a fresh token of the same user on the socket first (``ag.refresh``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class WhoAmI(WsView):
     async def on_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.accept()
         await self.send_json({"user": self.user.username, "groups": sorted(self.user.groups)})
+
+    async def on_receive(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.send_json({"echo": self.kwargs.get("text")})
 
 
 @dataclass
@@ -184,3 +188,62 @@ async def test_an_open_socket_is_closed_4401_when_its_token_expires(
         assert await asyncio.wait_for(ws.recv(), 3) == "still open"
         site.clock.now += 6
         assert await closed_with(ws) == 4401  # within closed_with's bound, many checks long
+
+
+def carried(site: Site, token: str, carrier: str) -> tuple[str, dict[str, Any]]:
+    """The URL and ``connect`` options of a socket whose token rides in ``carrier``."""
+    url = f"ws://{site.address}/ws"
+    if carrier == "header":
+        return url, {"additional_headers": {"Authorization": f"Bearer {token}"}}
+    if carrier == "query":
+        return f"{url}?access_token={token}", {}
+    cookie = {"Cookie": f"access_token={token}"}
+    return url, {"additional_headers": cookie, "origin": f"http://{site.address}"}
+
+
+async def refresh(ws: ClientConnection, token: str, request_id: int) -> dict[str, Any]:
+    await ws.send(json.dumps({"type": "ag.refresh", "id": request_id, "token": token}))
+    return await hello(ws)
+
+
+@pytest.mark.parametrize("carrier", ["header", "query", "cookie"])
+async def test_a_refresh_before_expiry_keeps_the_socket_open(site: Site, carrier: str) -> None:
+    url, options = carried(site, await site.login("greg"), carrier)
+    async with connect(url, **options) as ws:
+        assert (await hello(ws))["user"] == "greg"
+        site.clock.now += LIFETIME - 5
+        fresh = await site.login("greg")  # what the page does before its token runs out
+        answer = await refresh(ws, fresh, 7)
+        expiry = int(site.clock() + LIFETIME)
+        assert answer == {
+            "type": "ag.refreshed",
+            "id": 7,
+            "expires_at": expiry,
+            "expires_in": round(expiry - site.clock(), 3),
+        }
+        site.clock.now += 6  # past the first token's expiry
+        await asyncio.sleep(CHECK_EVERY * 4)  # several expiry checks
+        await site.registry.send_user("greg", "still open")
+        assert await asyncio.wait_for(ws.recv(), 3) == "still open"
+        await ws.send("app frame")  # the app sees its own frames, never the refresh
+        assert await hello(ws) == {"echo": "app frame"}
+        site.clock.now += LIFETIME
+        assert await closed_with(ws) == 4401  # the fresh token's own expiry holds
+
+
+async def test_a_bad_refresh_is_refused_and_the_old_expiry_stands(site: Site) -> None:
+    url, options = carried(site, await site.login("greg"), "header")
+    other = await site.login("amanda")
+    async with connect(url, **options) as ws:
+        assert (await hello(ws))["user"] == "greg"
+        head, payload, signature = (await site.login("greg")).split(".")
+        for request_id, token in enumerate([other, f"{head}.{payload}.{signature[:-4]}AAAA", 5]):
+            answer = await refresh(ws, token, request_id)  # type: ignore[arg-type]
+            assert (answer["type"], answer["id"], answer["error"]) == (
+                "ag.error",
+                request_id,
+                "refresh_refused",
+            )
+        assert "another user" in (await refresh(ws, other, 9))["detail"]
+        site.clock.now += LIFETIME + 1
+        assert await closed_with(ws) == 4401
