@@ -324,8 +324,9 @@ async def send(args: argparse.Namespace) -> int:
         if args.user is not None
         else "everyone"
     )
-    print(f"sent {len(text.encode())} bytes to {target}")
     receivers = await _receivers(args)
+    listening = "" if receivers is None else f": {_processes(receivers)} listening"
+    print(f"sent {len(text.encode())} bytes to {target}{listening}")
     if receivers == 0:
         prefix = args.prefix or "asgi_groups"
         print(
@@ -335,6 +336,10 @@ async def send(args: argparse.Namespace) -> int:
         )
         return 0 if args.allow_none else 1
     return 0
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 async def _receivers(args: argparse.Namespace) -> int | None:

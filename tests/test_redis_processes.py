@@ -216,15 +216,15 @@ async def test_cli_send_reaches_group_user_and_everyone_in_both_processes(
     try:
         code, out, err = await run_cli(env, *target, "--group", group, "hello boys")
         assert (code, err) == (0, ""), err
-        assert out.strip() == f"sent 10 bytes to group {group!r}"
+        assert out.strip() == f"sent 10 bytes to group {group!r}: 1 process listening"
         assert await in_group.message() == "hello boys"
 
-        code, _, err = await run_cli(env, *target, "--user", u2, "--json", '{"n": 1}')
-        assert code == 0, err
+        code, out, err = await run_cli(env, *target, "--user", u2, "--json", '{"n": 1}')
+        assert (code, out.strip()) == (0, f"sent 8 bytes to user {u2!r}: 1 process listening"), err
         assert await elsewhere.message() == '{"n":1}'
 
-        code, _, err = await run_cli(env, *target, "--broadcast", "to all")
-        assert code == 0, err
+        code, out, err = await run_cli(env, *target, "--broadcast", "to all")
+        assert (code, out.strip()) == (0, "sent 6 bytes to everyone: 2 processes listening"), err
         assert await in_group.message() == "to all"
         assert await elsewhere.message() == "to all"
         assert in_group.inbox == [] and elsewhere.inbox == []  # the user message went to u2 only
