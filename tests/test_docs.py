@@ -37,7 +37,10 @@ NOT_RUNNABLE: dict[str, str] = {
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<lang>[\w+-]*)")
 HIDDEN = re.compile(r"^<!-- python\s*$")
 SHELL = {"bash", "sh", "shell", "console"}
-COMMAND = re.compile(r"(?:^|[\s;&|$])asgi-groups((?:[ \t]+[a-z][\w-]*)*)")
+#: A command line's ``asgi-groups`` (after environment assignments), not a package name.
+COMMAND = re.compile(
+    r"(?:^|&&|;|\$)[ \t]*(?:\w+=\S*[ \t]+)*asgi-groups((?:[ \t]+[a-z][\w-]*)*)", re.M
+)
 
 
 @dataclass(frozen=True)
