@@ -53,6 +53,7 @@ from .views import WsView
 __all__ = [
     "DEFAULT_ERROR_BUDGET",
     "DEFAULT_ERROR_WINDOW",
+    "DEFAULT_HELLO_USERS_MAX",
     "DEFAULT_MAX_STALL_CREDIT",
     "DEFAULT_MAX_TEXT_BYTES",
     "DEFAULT_PRESENCE_BATCH_RATIO",
@@ -274,13 +275,18 @@ class PresenceDiff(_Outbound):
 
 
 class Hello(_Outbound):
-    """Sent once on connect: who I am, my groups, and the groups and users I can address."""
+    """Sent once on connect: who I am, my groups, and the groups and users I can address.
+
+    ``users_complete`` is false (else absent) when the directory was too big to list (``users``
+    is then empty): direct messages still go to any user by name.
+    """
 
     type: Literal["hello"] = "hello"
     user: str
     groups: list[str]
     all_groups: list[str]
     users: list[str]
+    users_complete: Literal[False] | None = None
 
 
 class InboundError(NamedTuple):
@@ -504,6 +510,9 @@ DEFAULT_PRESENCE_FULL_LIST_MAX = 100
 DEFAULT_PRESENCE_BATCH_RATIO = 2
 #: ... or once the oldest waiting change is this old (seconds), however few changed.
 DEFAULT_PRESENCE_MAX_DELAY = 2.0
+#: Most usernames a ``hello`` lists; a bigger directory lists none (``users_complete`` false)
+#: and the page asks by name: a storm of N connects must not write N copies of N names.
+DEFAULT_HELLO_USERS_MAX = 500
 
 
 class _GroupPresence:
@@ -768,6 +777,8 @@ class MessagingView(WsView):
     #: The sender's own tabs get a copy of a direct message, and of a group message to a group
     #: they are not in, so every page shows the conversation.
     echo_to_sender: ClassVar[bool] = True
+    #: Most usernames the hello lists (``None``: all); see ``DEFAULT_HELLO_USERS_MAX``.
+    hello_users_max: ClassVar[int | None] = DEFAULT_HELLO_USERS_MAX
 
     def __init__(
         self,
@@ -846,11 +857,13 @@ class MessagingView(WsView):
         mine = sorted(self._member_of)
         with self._stall():  # the listing and the announcement may wait on the backend
             all_groups, users = await self.users.listing()
+            complete = self.hello_users_max is None or len(users) <= self.hello_users_max
             hello = Hello(
                 user=self.user.username,
                 groups=mine,
                 all_groups=sorted({*all_groups, *mine}),
-                users=users,
+                users=users if complete else [],
+                users_complete=None if complete else False,
             )
             await self._send_frame(hello.frame())  # the socket may have been revoked meanwhile
             if self.announce_presence:

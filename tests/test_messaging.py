@@ -240,6 +240,25 @@ async def test_hello_tells_the_page_who_it_is(h: Harness) -> None:
         }
 
 
+class SmallHello(Quiet):
+    hello_users_max = 4
+
+
+async def test_a_directory_too_big_for_the_hello_is_not_listed_and_names_still_work(
+    h: Harness,
+) -> None:
+    """Five users over a limit of four: the hello lists none, says so, and a direct message
+    by name still arrives (the page asks by name instead of picking from a list)."""
+    async with h.client("greg", SmallHello) as greg, h.client("lisa", SmallHello) as lisa:
+        first = await hello(greg)
+        assert (first["users"], first["users_complete"]) == ([], False)
+        assert first["all_groups"] == ["boys", "girls"]
+        await hello(lisa)
+        await greg.send_json({"type": "Direct", "user_name": "LISA", "text": "hi"})
+        got = await recv(lisa)
+        assert (got["type"], got["from"], got["text"]) == ("direct", "greg", "hi")
+
+
 async def test_group_message_reaches_members_and_echoes_to_an_outside_sender(h: Harness) -> None:
     async with (
         h.client("greg") as greg,

@@ -15,11 +15,13 @@ const form = $("composer");
 const kind = $("kind");
 const groupPicker = $("group");
 const userPicker = $("user");
+const userName = $("user-name"); // instead of the picker when the hello lists no users
 const input = $("text");
 const sendButton = $("send");
 const status = $("status");
 
 let me = null;
+let byName = false; // the directory was too big for the hello: direct messages go by name
 let stopped = false;
 let opened = false; // the current socket opened (a refused handshake never does)
 const presence = new Map(); // group -> [usernames]
@@ -127,6 +129,7 @@ function renderPresence() {
       li.addEventListener("click", () => {
         kind.value = "Direct";
         userPicker.value = name;
+        userName.value = name;
         updatePickers();
         input.focus();
       });
@@ -165,6 +168,8 @@ function handle(msg) {
       const mine = Array.isArray(msg.groups) ? msg.groups.map(String) : [];
       fillPicker(groupPicker, groups.length ? groups : mine, true);
       fillPicker(userPicker, users.filter((u) => u !== me), true);
+      byName = msg.users_complete === false;
+      updatePickers();
       break;
     }
     case "presence":
@@ -330,7 +335,8 @@ function retry(error) {
 
 function updatePickers() {
   groupPicker.hidden = kind.value !== "Group";
-  userPicker.hidden = kind.value !== "Direct";
+  userPicker.hidden = byName || kind.value !== "Direct";
+  userName.hidden = !byName || kind.value !== "Direct";
 }
 
 kind.addEventListener("change", updatePickers);
@@ -341,7 +347,7 @@ form.addEventListener("submit", (event) => {
   if (!text.trim() || client.state !== "open") return;
   const message = { type: kind.value, text, id: newId() };
   if (kind.value === "Group") message.group = groupPicker.value;
-  if (kind.value === "Direct") message.user_name = userPicker.value;
+  if (kind.value === "Direct") message.user_name = byName ? userName.value.trim() : userPicker.value;
   send(message);
   input.value = "";
   input.focus();
