@@ -17,6 +17,7 @@ __all__ = [
     "SimpleUser",
     "UserShapeError",
     "as_user",
+    "group_name",
 ]
 
 
@@ -103,8 +104,10 @@ def as_user(user: Any) -> UserLike:
 
     An object with ``id``, ``username``, ``groups`` and ``is_authenticated`` is used as it is.
     Otherwise: ``id`` (else ``username``) is the identity; ``username`` falls back to ``email``
-    then the id; ``groups`` to none; ``is_authenticated`` to ``is_active``, else True (a loader
-    returned it). ``UserShapeError`` names what is missing when there is no identity at all.
+    then the id; ``groups`` to none (a group object is named by its ``name``);
+    ``is_authenticated`` to ``is_active``, else True (a loader returned it). An object with no
+    identity that says it is not authenticated is anonymous; any other with no identity at all
+    raises ``UserShapeError`` naming what is missing.
     """
     if all(hasattr(user, name) for name in _MEMBERS):
         return user  # type: ignore[no-any-return]
@@ -112,6 +115,9 @@ def as_user(user: Any) -> UserLike:
     name = getattr(user, "username", None)
     if ident is None:
         ident = name
+    authenticated = getattr(user, "is_authenticated", None)
+    if ident is None and authenticated is not None and not authenticated:
+        return ANONYMOUS  # e.g. Starlette's UnauthenticatedUser: nobody, not a broken user
     if ident is None:
         missing = [m for m in _MEMBERS if not hasattr(user, m)]
         raise UserShapeError(
@@ -124,9 +130,17 @@ def as_user(user: Any) -> UserLike:
     groups = getattr(user, "groups", None) or ()
     if isinstance(groups, str | bytes):
         groups = (groups,)
-    authenticated = getattr(user, "is_authenticated", None)
     if authenticated is None:
         authenticated = getattr(user, "is_active", True)
     return ShapedUser(
-        user, ident, str(name), frozenset(str(g) for g in groups), bool(authenticated)
+        user, ident, str(name), frozenset(map(group_name, groups)), bool(authenticated)
     )
+
+
+def group_name(group: Any) -> str:
+    """A group as the core names it: a string as it is; an object (an ORM row of the app's
+    groups table, Django's ``Group``) by its ``name`` attribute, else its ``str``."""
+    if isinstance(group, str):
+        return group
+    name = getattr(group, "name", None)
+    return str(name) if name is not None else str(group)
