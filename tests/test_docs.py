@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import io
+import os
 import re
 import subprocess
 import sys
@@ -162,6 +163,7 @@ def test_site_builds_strict(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # the theme's end-of-life banner
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "index.html").exists()
