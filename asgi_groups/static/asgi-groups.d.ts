@@ -33,7 +33,16 @@ export interface SocketLike {
   onerror: ((event: Event) => unknown) | null;
 }
 
-export type SocketConstructor = new (url: string) => SocketLike;
+export type SocketConstructor = new (url: string, protocols?: string[]) => SocketLike;
+
+/** Where the token goes in the handshake. */
+export type TokenPlacement = "subprotocol" | "query";
+
+/**
+ * Gives the token the socket authenticates with: called before every (re)connect and every
+ * refresh, so that it can fetch a fresh one.
+ */
+export type TokenSource = () => string | PromiseLike<string>;
 
 /** One channel of an `ag.welcome`: where its stream continues from, whether it was recovered. */
 export interface WelcomeChannel {
@@ -50,6 +59,17 @@ export interface Welcome {
   user: string | null;
   recovered: boolean;
   channels: Record<string, WelcomeChannel>;
+  /** Seconds until the socket's credential lapses (a token); absent when it never does. */
+  expires_in?: number;
+}
+
+/** The server's answer to a refresh: the socket now lives until `expires_at` (Unix seconds). */
+export interface RefreshResult {
+  type: "ag.refreshed";
+  id: number;
+  expires_at: number | null;
+  /** Seconds left, by the server's clock. */
+  expires_in: number | null;
 }
 
 export interface ChannelRecovery {
@@ -129,6 +149,21 @@ export interface GroupsClientOptions {
   network?: EventTarget | null;
   /** Source of the jitter, in [0, 1). Default Math.random. */
   random?: () => number;
+  /**
+   * The socket authenticates with the token it gives, called before every (re)connect; the
+   * client refreshes it on the open socket before it lapses (the welcome's `expires_in`), and
+   * a close with 4401 reconnects once with a fresh one rather than stopping. Default none.
+   */
+  token?: TokenSource | null;
+  /**
+   * Where the token goes: an offered subprotocol "bearer.<token>" (`SubprotocolToken`), or the
+   * query parameter "access_token" (`QueryToken`). Default "subprotocol".
+   */
+  tokenIn?: TokenPlacement;
+  /** Refresh the token this many ms before it lapses, not before half its time. Default 30000. */
+  refreshMargin?: number;
+  /** Ms a refresh may take; 0: no limit. Default 10000. */
+  refreshTimeout?: number;
 }
 
 /** Events and their `detail` (also the argument of an `on()` callback). */
@@ -182,6 +217,16 @@ export class ServerError extends GroupsError {
   id: string | number | null;
 }
 
+/**
+ * A token refresh that failed: `code` is the server's error ("refresh_refused",
+ * "refresh_failed") or "timeout", "disconnected", "closed", "not_connected", "no_token" or
+ * "token_failed" (the `token` option threw or gave no string). The old expiry stands.
+ */
+export class RefreshError extends GroupsError {
+  constructor(code: string, detail: string);
+  detail: string;
+}
+
 /** The client gave up after `maxHandshakeFailures` sockets in a row closed before opening. */
 export class ConnectionFailed extends GroupsError {
   constructor(failures: number);
@@ -213,6 +258,11 @@ export class GroupsClient extends EventTarget {
   send(data: unknown): void;
   /** The newest kept messages of a channel; rejects with a `HistoryError`. */
   history(channel: string, limit?: number): Promise<HistoryResult>;
+  /**
+   * Refresh the socket's token now (the client also does it by itself before it lapses);
+   * rejects with a `RefreshError`, and the old expiry stands.
+   */
+  refresh(): Promise<RefreshResult>;
   /** Listen to an event; the callback gets the event's detail. Returns the unsubscribe. */
   on<K extends keyof GroupsClientEventMap>(
     name: K,

@@ -41,7 +41,15 @@
  * @property {((event: Event) => unknown) | null} onerror
  */
 
-/** @typedef {new (url: string) => SocketLike} SocketConstructor */
+/** @typedef {new (url: string, protocols?: string[]) => SocketLike} SocketConstructor */
+
+/** @typedef {"subprotocol" | "query"} TokenPlacement */
+
+/**
+ * Gives the token the socket authenticates with: called before every (re)connect and every
+ * refresh, so that it can fetch a fresh one (a string, or a Promise of one).
+ * @typedef {() => string | PromiseLike<string>} TokenSource
+ */
 
 /**
  * One channel of an `ag.welcome`: where its stream continues from, and whether it was recovered.
@@ -60,6 +68,16 @@
  * @property {string | null} user
  * @property {boolean} recovered
  * @property {Record<string, WelcomeChannel>} channels
+ * @property {number} [expires_in] seconds until the socket's credential lapses (a token)
+ */
+
+/**
+ * The server's answer to a refresh: the socket now lives until `expires_at` (Unix seconds).
+ * @typedef {object} RefreshResult
+ * @property {"ag.refreshed"} type
+ * @property {number} id
+ * @property {number | null} expires_at
+ * @property {number | null} expires_in seconds left, by the server's clock
  */
 
 /**
@@ -137,6 +155,16 @@
  * @property {EventTarget | null} [network] source of "online" / "offline" events (reconnect
  *   at once when the browser is back online); default `window` where there is one
  * @property {() => number} [random=Math.random] source of the jitter, in [0, 1)
+ * @property {TokenSource | null} [token=null] the socket authenticates with the token it
+ *   gives, called before every (re)connect; the client refreshes it on the open socket before
+ *   it lapses (`expires_in` of the welcome), and a close with 4401 reconnects once with a
+ *   fresh one rather than stopping
+ * @property {TokenPlacement} [tokenIn="subprotocol"] where the token goes in the handshake:
+ *   an offered subprotocol "bearer.<token>" (`SubprotocolToken`) or the query parameter
+ *   "access_token" (`QueryToken`; query strings can end up in access logs)
+ * @property {number} [refreshMargin=30000] refresh the token this many ms before it lapses,
+ *   but never before half of its remaining time has passed
+ * @property {number} [refreshTimeout=10000] ms a refresh may take; 0: no limit
  */
 
 /**
@@ -163,8 +191,22 @@
  * @property {(error: HistoryError) => void} reject
  */
 
+/**
+ * @typedef {object} PendingRefresh
+ * @property {number} id
+ * @property {SocketLike} ws the socket it refreshes
+ * @property {ReturnType<typeof setTimeout> | null} timer
+ * @property {(result: RefreshResult) => void} resolve
+ * @property {(error: RefreshError) => void} reject
+ */
+
 /** Close codes after which the client stops: normal close, policy, logged out, forbidden. */
 const TERMINAL_CODES = new Set([1000, 1008, 4401, 4403]);
+/** The close code of a socket whose credential lapsed or was revoked. */
+const UNAUTHORIZED = 4401;
+/** How the token rides in the handshake: the server's `SubprotocolToken` / `QueryToken`. */
+const TOKEN_SUBPROTOCOL_PREFIX = "bearer.";
+const TOKEN_QUERY_PARAMETER = "access_token";
 /** Close codes after which the client waits `maxDelay`: too many errors, rate limited. */
 const THROTTLE_CODES = new Set([4408, 4429]);
 /** The code (and reason) of the client's own close when no welcome came in time. */
@@ -245,6 +287,26 @@ export class ServerError extends GroupsError {
   }
 }
 
+/**
+ * A token refresh that failed: `code` is the server's error ("refresh_refused": the token is
+ * not valid or names another user; "refresh_failed": the server cannot check it now), or
+ * "timeout", "disconnected" (the socket dropped first), "closed", "not_connected",
+ * "no_token" (no `token` option) or "token_failed" (the `token` option threw or gave no string).
+ * The socket keeps running until its old expiry.
+ */
+export class RefreshError extends GroupsError {
+  /**
+   * @param {string} code
+   * @param {string} detail
+   */
+  constructor(code, detail) {
+    super(code, `token refresh: ${code}${detail ? ` (${detail})` : ""}`);
+    this.name = "RefreshError";
+    /** @type {string} */
+    this.detail = detail;
+  }
+}
+
 /** The client gave up after `maxHandshakeFailures` sockets in a row closed before opening. */
 export class ConnectionFailed extends GroupsError {
   /** @param {number} failures */
@@ -265,12 +327,14 @@ export class ConnectionFailed extends GroupsError {
 export class GroupsClient extends EventTarget {
   /** @type {string} */
   #url;
-  /** @type {Required<Omit<GroupsClientOptions, "storage" | "network">>} */
+  /** @type {Required<Omit<GroupsClientOptions, "storage" | "network" | "token">>} */
   #options;
   /** @type {StorageLike | null} */
   #storage;
   /** @type {EventTarget | null} */
   #network;
+  /** @type {TokenSource | null} */
+  #token;
   /** @type {SocketLike | null} */
   #ws = null;
   /** @type {ClientState} */
@@ -281,6 +345,8 @@ export class GroupsClient extends EventTarget {
   #queue = [];
   /** @type {Map<number, PendingHistory>} */
   #pending = new Map();
+  /** @type {Map<number, PendingRefresh>} */
+  #refreshes = new Map();
   #nextId = 1;
   /** Reconnect attempts since the last welcome (the backoff exponent). */
   #attempt = 0;
@@ -295,6 +361,12 @@ export class GroupsClient extends EventTarget {
   #timer = null;
   /** @type {ReturnType<typeof setTimeout> | null} */
   #helloTimer = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #refreshTimer = null;
+  /** Counts `#open()` calls: a token that comes after a newer one (or `close()`) is dropped. */
+  #dials = 0;
+  /** A close with 4401 already reconnected with a fresh token, and no refresh succeeded since. */
+  #reauthenticated = false;
 
   /**
    * @param {string | URL} url the socket's URL; a relative one ("/ws") is resolved against the
@@ -322,9 +394,19 @@ export class GroupsClient extends EventTarget {
       historyTimeout: nonNegative("historyTimeout", options.historyTimeout ?? 10_000),
       WebSocket: WebSocketClass,
       random: options.random ?? Math.random,
+      tokenIn: options.tokenIn ?? "subprotocol",
+      refreshMargin: nonNegative("refreshMargin", options.refreshMargin ?? 30_000),
+      refreshTimeout: nonNegative("refreshTimeout", options.refreshTimeout ?? 10_000),
     };
     if (this.#options.offline !== "queue" && this.#options.offline !== "reject") {
       throw new TypeError(`offline must be "queue" or "reject", not ${this.#options.offline}`);
+    }
+    if (this.#options.tokenIn !== "subprotocol" && this.#options.tokenIn !== "query") {
+      throw new TypeError(`tokenIn must be "subprotocol" or "query", not ${this.#options.tokenIn}`);
+    }
+    this.#token = options.token ?? null;
+    if (this.#token !== null && typeof this.#token !== "function") {
+      throw new TypeError("token must be a function giving the token (or a Promise of it)");
     }
     this.#storage = options.storage ?? null;
     const win = /** @type {any} */ (globalThis).window;
@@ -362,6 +444,7 @@ export class GroupsClient extends EventTarget {
     this.#handshakeFailures = 0;
     this.#throttled = false;
     this.#networkDown = false;
+    this.#reauthenticated = false;
     this.#state = "connecting";
     this.#network?.addEventListener("online", this.#onNetwork);
     this.#network?.addEventListener("offline", this.#onNetwork);
@@ -372,6 +455,7 @@ export class GroupsClient extends EventTarget {
   close() {
     if (this.#state === "closed" || this.#state === "failed") return;
     const ws = this.#ws;
+    this.#dials += 1; // a token still on its way is not used
     this.#forgetSocket();
     if (ws !== null) {
       try {
@@ -436,6 +520,51 @@ export class GroupsClient extends EventTarget {
   }
 
   /**
+   * Refresh the socket's token now: calls the `token` option and sends the fresh token
+   * (`ag.refresh`); the socket then lives until the new token lapses. The client does this by
+   * itself before the token lapses; a page may call it after a new login, say.
+   * Rejects with a `RefreshError`: the old expiry stands.
+   * @returns {Promise<RefreshResult>}
+   */
+  refresh() {
+    const ws = this.#ws;
+    if (this.#token === null) {
+      return Promise.reject(new RefreshError("no_token", "the client has no token option"));
+    }
+    if (this.#state === "closed" || this.#state === "failed") {
+      return Promise.reject(new RefreshError("closed", `client ${this.#state}`));
+    }
+    if (this.#state !== "open" || ws === null) {
+      return Promise.reject(new RefreshError("not_connected", `state ${this.#state}`));
+    }
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      /** @type {PendingRefresh} */
+      const request = { id, ws, timer: null, resolve, reject };
+      const timeout = this.#options.refreshTimeout;
+      if (timeout > 0) {
+        request.timer = setTimeout(() => {
+          this.#settleRefresh(request, new RefreshError("timeout", `no answer in ${timeout} ms`));
+        }, timeout);
+      }
+      this.#refreshes.set(id, request);
+      this.#withToken(
+        (token) => {
+          if (this.#refreshes.get(id) !== request) return; // timed out or dropped meanwhile
+          try {
+            ws.send(JSON.stringify({ type: "ag.refresh", id, token }));
+          } catch (error) {
+            this.#settleRefresh(request, new RefreshError("disconnected", String(error)));
+          }
+        },
+        (error) => {
+          if (this.#refreshes.get(id) === request) this.#settleRefresh(request, error);
+        },
+      );
+    });
+  }
+
+  /**
    * Listen to an event; the callback gets the event's detail.
    * @template {keyof GroupsClientEventMap} K
    * @param {K} name
@@ -463,10 +592,69 @@ export class GroupsClient extends EventTarget {
     this.#timer = null;
     this.#opened = false;
     this.#welcomed = false;
+    const dial = ++this.#dials;
+    if (this.#token === null) {
+      this.#dial(this.#url, []);
+      return;
+    }
+    this.#withToken(
+      (token) => {
+        if (dial !== this.#dials) return; // closed, or another attempt began meanwhile
+        if (this.#options.tokenIn === "query") {
+          const url = new URL(this.#url);
+          url.searchParams.set(TOKEN_QUERY_PARAMETER, token);
+          this.#dial(url.href, []);
+        } else {
+          this.#dial(this.#url, [TOKEN_SUBPROTOCOL_PREFIX + token]);
+        }
+      },
+      (error) => {
+        if (dial !== this.#dials) return;
+        this.#emit("error", error);
+        this.#closed(1006, error.message);
+      },
+    );
+  }
+
+  /**
+   * Call the `token` option and hand its token on, at once when it gives a string, else when
+   * its Promise resolves; a throw, a rejection or a token that is no string goes to `failed`.
+   * @param {(token: string) => void} use
+   * @param {(error: RefreshError) => void} failed
+   */
+  #withToken(use, failed) {
+    /** @param {unknown} token */
+    const take = (token) => {
+      if (typeof token === "string" && token !== "") use(token);
+      else failed(new RefreshError("token_failed", "the token option gave no token"));
+    };
+    /** @param {unknown} error */
+    const fail = (error) => failed(new RefreshError("token_failed", String(error)));
+    /** @type {unknown} */
+    let result;
+    try {
+      result = /** @type {TokenSource} */ (this.#token)();
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (isObject(result) && typeof result.then === "function") {
+      Promise.resolve(result).then(take, fail);
+    } else {
+      take(result);
+    }
+  }
+
+  /**
+   * @param {string} url
+   * @param {string[]} protocols offered subprotocols (the token's, when it rides there)
+   */
+  #dial(url, protocols) {
     /** @type {SocketLike} */
     let ws;
     try {
-      ws = new this.#options.WebSocket(this.#url);
+      const { WebSocket } = this.#options;
+      ws = protocols.length > 0 ? new WebSocket(url, protocols) : new WebSocket(url);
     } catch (error) {
       this.#closed(1006, String(error));
       return;
@@ -513,6 +701,8 @@ export class GroupsClient extends EventTarget {
     this.#ws = null;
     if (this.#helloTimer !== null) clearTimeout(this.#helloTimer);
     this.#helloTimer = null;
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
   }
 
   /**
@@ -529,12 +719,17 @@ export class GroupsClient extends EventTarget {
         );
       }
     }
+    for (const request of this.#refreshes.values()) {
+      this.#settleRefresh(request, new RefreshError("disconnected", "the socket closed"));
+    }
     const wasOnline = this.#setOffline();
+    // a lapsed token: one more try with a fresh one, unless the last try ended the same way
+    const reauthenticate = code === UNAUTHORIZED && this.#token !== null && !this.#reauthenticated;
+    if (reauthenticate) this.#reauthenticated = true;
+    const terminal = TERMINAL_CODES.has(code) && !reauthenticate;
     const failed =
-      !TERMINAL_CODES.has(code) &&
-      !this.#opened &&
-      ++this.#handshakeFailures >= this.#options.maxHandshakeFailures;
-    const willReconnect = !TERMINAL_CODES.has(code) && !failed;
+      !terminal && !this.#opened && ++this.#handshakeFailures >= this.#options.maxHandshakeFailures;
+    const willReconnect = !terminal && !failed;
     if (willReconnect) {
       this.#state = "reconnecting";
       this.#schedule(THROTTLE_CODES.has(code));
@@ -575,6 +770,9 @@ export class GroupsClient extends EventTarget {
     this.#queue = [];
     for (const request of this.#pending.values()) {
       this.#settle(request, new HistoryError("closed", `client ${state}`, request.channel));
+    }
+    for (const request of this.#refreshes.values()) {
+      this.#settleRefresh(request, new RefreshError("closed", `client ${state}`));
     }
     this.#network?.removeEventListener("online", this.#onNetwork);
     this.#network?.removeEventListener("offline", this.#onNetwork);
@@ -636,6 +834,9 @@ export class GroupsClient extends EventTarget {
       case "ag.error":
         this.#error(value);
         break;
+      case "ag.refreshed":
+        this.#refreshed(value);
+        break;
       default: // a newer protocol frame: not for the application
     }
   }
@@ -666,6 +867,7 @@ export class GroupsClient extends EventTarget {
     this.#throttled = false;
     this.#state = "open";
     this.#online = true;
+    this.#scheduleRefresh(welcome.expires_in);
     for (const frame of this.#queue.splice(0)) ws.send(frame);
     for (const request of this.#pending.values()) {
       if (!request.sent) this.#sendHistory(request);
@@ -740,8 +942,53 @@ export class GroupsClient extends EventTarget {
       this.#settle(request, new HistoryError(code, detail, request.channel));
       return;
     }
+    const refresh = this.#refreshes.get(/** @type {number} */ (frame.id));
+    if (refresh !== undefined) {
+      this.#settleRefresh(refresh, new RefreshError(code, detail));
+      return;
+    }
     const id = typeof frame.id === "string" || typeof frame.id === "number" ? frame.id : null;
     this.#emit("error", new ServerError(code, detail, id));
+  }
+
+  /** @param {Record<string, unknown>} frame */
+  #refreshed(frame) {
+    this.#reauthenticated = false;
+    this.#scheduleRefresh(frame.expires_in);
+    const request = this.#refreshes.get(/** @type {number} */ (frame.id));
+    if (request !== undefined) {
+      this.#settleRefresh(request, /** @type {RefreshResult} */ (/** @type {unknown} */ (frame)));
+    }
+  }
+
+  /**
+   * Refresh the token `refreshMargin` before it lapses in `expiresIn` seconds (but not before
+   * half of that time); a refresh that fails is reported as an "error" event.
+   * @param {unknown} expiresIn
+   */
+  #scheduleRefresh(expiresIn) {
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    if (this.#token === null || typeof expiresIn !== "number" || !(expiresIn >= 0)) return;
+    const remaining = expiresIn * 1000;
+    const delay = Math.max(remaining - this.#options.refreshMargin, remaining / 2);
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null;
+      this.refresh().catch((/** @type {RefreshError} */ error) => {
+        if (error.code !== "disconnected" && error.code !== "closed") this.#emit("error", error);
+      });
+    }, delay);
+  }
+
+  /**
+   * @param {PendingRefresh} request
+   * @param {RefreshResult | RefreshError} outcome
+   */
+  #settleRefresh(request, outcome) {
+    if (request.timer !== null) clearTimeout(request.timer);
+    this.#refreshes.delete(request.id);
+    if (outcome instanceof RefreshError) request.reject(outcome);
+    else request.resolve(outcome);
   }
 
   /** @param {PendingHistory} request */

@@ -22,9 +22,13 @@ export function fakeWebSocket() {
   class FakeSocket {
     static sockets = sockets;
 
-    /** @param {string} url */
-    constructor(url) {
+    /**
+     * @param {string} url
+     * @param {string[]} [protocols]
+     */
+    constructor(url, protocols = []) {
       this.url = url;
+      this.protocols = protocols;
       this.readyState = 0;
       this.binaryType = "blob";
       /** @type {unknown[]} */
