@@ -13,6 +13,13 @@ told plainly that it cannot (:meth:`Client.recovered`). For services, scripts an
 
 Needs the ``client`` extra (``pip install "asgi-groups[client]"``, i.e. ``websockets``).
 
+**Tokens.** With ``token=`` (a function giving the token, sync or async) the client asks for a
+token before every connect and sends it in the handshake (``token_in``: the ``Authorization:
+Bearer`` header, the ``access_token`` query parameter or the ``bearer.<token>`` subprotocol).
+When the welcome says when the token lapses, the client asks for a fresh one ``refresh_margin``
+seconds before (never before half the remaining time) and sends it on the open socket
+(:meth:`Client.refresh`); a close with 4401 reconnects once with a fresh token.
+
 **Reading.** A background task reads the socket at all times, whether or not the application
 calls :meth:`Client.recv`, so that the server never sees a slow application as a slow reader
 (which it would close with 1013). What was read waits in an internal queue of at most
@@ -28,19 +35,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import logging
 import random
 import ssl as _ssl
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets import exceptions as wsx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.typing import Origin
+from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
 from .errors import AsgiGroupsError
@@ -58,17 +67,29 @@ __all__ = [
     "OfflinePolicy",
     "OfflineQueueFull",
     "Recovered",
+    "RefreshError",
+    "Refreshed",
     "State",
+    "TokenPlacement",
+    "TokenSource",
 ]
 
 logger = logging.getLogger("asgi_groups.client")
 
 State: TypeAlias = Literal["connecting", "open", "reconnecting", "closed", "failed"]
 OfflinePolicy: TypeAlias = Literal["queue", "reject"]
+TokenPlacement: TypeAlias = Literal["header", "subprotocol", "query"]
+#: Gives the token the socket authenticates with (a fresh one each call, when it can).
+TokenSource: TypeAlias = Callable[[], "str | Awaitable[str]"]
 
 MiB = 1024 * 1024
 #: Close codes after which the client stops in state "failed": policy, logged out, forbidden.
 TERMINAL_CODES = frozenset({1008, 4401, 4403})
+#: The close of a socket whose credential lapsed or was revoked.
+UNAUTHORIZED = 4401
+#: How a token rides in the handshake: the server's ``SubprotocolToken`` / ``QueryToken``.
+TOKEN_SUBPROTOCOL_PREFIX = "bearer."
+TOKEN_QUERY_PARAMETER = "access_token"
 #: A close with this code from the server stops the client in state "closed".
 NORMAL_CLOSE = 1000
 #: Close codes after which the client waits ``max_delay``: too many errors, rate limited.
@@ -120,6 +141,15 @@ class Recovered:
 
     recovered: bool
     channels: dict[str, ChannelStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """The server's answer to a refresh: the socket now lives until ``expires_at`` (Unix time),
+    ``expires_in`` seconds from the answer by the server's clock (None: never lapses)."""
+
+    expires_at: float | None
+    expires_in: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +210,18 @@ class HistoryError(ClientError):
         self.error = error
         self.detail = detail
         self.channel = channel
+
+
+class RefreshError(ClientError):
+    """A token refresh failed; the socket runs on until its old expiry. ``error``: the
+    server's "refresh_refused" (the token is not valid, or names another user) or
+    "refresh_failed" (it cannot check it now), or "token_failed" (the ``token`` callable raised
+    or gave no string) or "no_token" (the client has none)."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(f"token refresh: {error}{f' ({detail})' if detail else ''}")
+        self.error = error
+        self.detail = detail
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -245,6 +287,17 @@ class Client:
     * ``max_size`` (16 MiB): the largest frame accepted (a history answer holds up to
       ``limit`` messages); a larger one closes the socket (1009) and the client reconnects.
 
+    Tokens (see the module's doc): ``token``, a callable giving the token (sync or async),
+    called before every connect and every refresh; ``token_in`` ("header"): where it goes in
+    the handshake, ``Authorization: Bearer`` ("header"), ``?access_token=`` ("query") or the
+    offered subprotocol ``bearer.<token>`` ("subprotocol"). ``refresh_margin`` (30): refresh
+    this long before the token lapses, but not before half its remaining time has passed.
+    ``refresh_timeout`` (10): for one refresh answer. ``on_refresh``: called with the outcome
+    of each refresh the client makes by itself, a :class:`Refreshed` or the error
+    (:class:`RefreshError`, ``TimeoutError``). A refresh that fails is also logged (WARNING)
+    and the socket runs until its token lapses; its close (4401) reconnects once with a fresh
+    token; a second 4401 with no successful refresh in between stops the client.
+
     ``on_state``: called with the new :attr:`state` at each change (in the client's task; it
     must not block). Every welcome also queues a :class:`Recovered`: :meth:`recovered`.
     """
@@ -271,6 +324,11 @@ class Client:
         max_size: int | None = 16 * MiB,
         ssl: _ssl.SSLContext | None = None,
         on_state: Callable[[State], object] | None = None,
+        token: TokenSource | None = None,
+        token_in: TokenPlacement = "header",
+        refresh_margin: float = 30.0,
+        refresh_timeout: float | None = 10.0,
+        on_refresh: Callable[[Refreshed | Exception], object] | None = None,
     ) -> None:
         if url.startswith(("http://", "https://")):
             url = "ws" + url[4:]
@@ -286,6 +344,12 @@ class Client:
             raise ValueError(f'offline must be "queue" or "reject", not {offline!r}')
         if max_queued < 0:
             raise ValueError("max_queued must be >= 0")
+        if token is not None and not callable(token):
+            raise TypeError("token must be a callable giving the token (sync or async)")
+        if token_in not in ("header", "subprotocol", "query"):
+            raise ValueError(f"token_in must be header, subprotocol or query, not {token_in!r}")
+        if refresh_margin < 0:
+            raise ValueError("refresh_margin must be >= 0")
         if max_pending < 2:
             raise ValueError("max_pending must be at least 2")
         for name, value in (
@@ -293,6 +357,7 @@ class Client:
             ("welcome_timeout", welcome_timeout),
             ("history_timeout", history_timeout),
             ("close_timeout", close_timeout),
+            ("refresh_timeout", refresh_timeout),
             ("ping_interval", ping_interval),
             ("ping_timeout", ping_timeout),
         ):
@@ -316,6 +381,11 @@ class Client:
         self.max_size = max_size
         self.ssl = ssl
         self.on_state = on_state
+        self.token = token
+        self.token_in: TokenPlacement = token_in
+        self.refresh_margin = refresh_margin
+        self.refresh_timeout = refresh_timeout
+        self.on_refresh = on_refresh
 
         self._state: State = "closed"
         self._task: asyncio.Task[None] | None = None
@@ -332,7 +402,12 @@ class Client:
         self._behind = False
         self._welcomed = False
         self._outbox: deque[str | bytes] = deque()
-        self._requests: dict[int, tuple[asyncio.Future[History], str]] = {}
+        #: Requests waiting for their answer: a history (its channel) or a refresh (None).
+        self._requests: dict[int, tuple[asyncio.Future[Any], str | None]] = {}
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        #: A 4401 already reconnected with a fresh token, and no refresh succeeded since.
+        self._reauthenticated = False
         self._next_id = 1
         self._recoveries: deque[Recovered] = deque()
         self._welcome: dict[str, Any] | None = None
@@ -397,6 +472,7 @@ class Client:
         if started:
             self._stopping = False
             self._stopped = None
+            self._reauthenticated = False
             self._set_state("connecting")
             self._task = asyncio.get_running_loop().create_task(self._run())
         try:
@@ -505,23 +581,66 @@ class Client:
         Raises :class:`HistoryError` when the server refuses, ``TimeoutError`` after
         ``history_timeout``, :class:`NotConnected` when not open or if the socket drops first.
         """
+        ws = self._open_socket()
+        fields = {"channel": channel, "limit": limit}
+        history: History = await self._request(ws, "ag.history", fields, channel)
+        return history
+
+    async def refresh(self) -> Refreshed:
+        """Send a fresh token (from the ``token`` callable) on the open socket, which then
+        lives until that token lapses. The client does this by itself before the token lapses.
+
+        Raises :class:`RefreshError` (the old expiry stands), ``TimeoutError`` after
+        ``refresh_timeout``, :class:`NotConnected` when not open or if the socket drops first.
+        """
+        if self.token is None:
+            raise RefreshError("no_token", "the client has no token option")
+        ws = self._open_socket()
+        token = await self._fetch_token()
+        if ws is not self._ws:
+            raise NotConnected(self._state, "the connection dropped")
+        refreshed: Refreshed = await self._request(ws, "ag.refresh", {"token": token}, None)
+        return refreshed
+
+    def _open_socket(self) -> ClientConnection:
+        """The socket, welcomed; else :class:`NotConnected` (or :class:`ClientClosed`)."""
         self._raise_if_stopped()
         ws = self._ws
         if self._state != "open" or ws is None:
             raise NotConnected(self._state)
+        return ws
+
+    async def _request(
+        self, ws: ClientConnection, kind: str, fields: dict[str, Any], channel: str | None
+    ) -> Any:
+        """Send a request frame and wait for its answer (a history's, or a refresh's: None)."""
         request_id = self._next_id
         self._next_id += 1
-        future: asyncio.Future[History] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = (future, channel)
-        request = {"type": "ag.history", "id": request_id, "channel": channel, "limit": limit}
+        request = {"type": kind, "id": request_id, **fields}
+        timeout = self.history_timeout if channel is not None else self.refresh_timeout
         try:
             await ws.send(json.dumps(request, ensure_ascii=False))
-            async with asyncio.timeout(self.history_timeout):
+            async with asyncio.timeout(timeout):
                 return await future
         except wsx.ConnectionClosed:
             raise NotConnected(self._state, "the connection dropped") from None
         finally:
             self._requests.pop(request_id, None)
+
+    async def _fetch_token(self) -> str:
+        """A token from the ``token`` callable; :class:`RefreshError` "token_failed" if none."""
+        assert self.token is not None
+        try:
+            token = self.token()
+            if inspect.isawaitable(token):
+                token = await token
+        except Exception as exc:
+            raise RefreshError("token_failed", repr(exc)) from exc
+        if not isinstance(token, str) or not token:
+            raise RefreshError("token_failed", "the token callable gave no token")
+        return token
 
     # -- internals: the connection loop ----------------------------------------------------
 
@@ -550,6 +669,9 @@ class Client:
                     failures += 1
             except (OSError, TimeoutError, EOFError, wsx.WebSocketException) as exc:
                 failure = str(exc) or type(exc).__name__  # the network or a restart: retry
+            except RefreshError as exc:  # no token to connect with
+                failure = str(exc)
+                failures += 1
             if failure is not None:
                 logger.info("connecting to %s failed: %s", self.url, failure)
                 limit = self.max_handshake_failures
@@ -573,7 +695,7 @@ class Client:
             if not own and code == NORMAL_CLOSE:
                 self._stop("closed", code, reason)
                 return
-            if not own and code in TERMINAL_CODES:
+            if not own and code in TERMINAL_CODES and not self._reauthenticate(code):
                 self._stop("failed", code, reason)
                 return
             self._set_state("reconnecting")
@@ -585,14 +707,31 @@ class Client:
             attempt += 1
             await asyncio.sleep(delay)
 
+    def _reauthenticate(self, code: int) -> bool:
+        """Whether a close with ``code`` is a lapsed token to replace once with a fresh one."""
+        if code != UNAUTHORIZED or self.token is None or self._reauthenticated:
+            return False
+        self._reauthenticated = True
+        logger.info("the token of %s lapsed: reconnecting with a fresh one", self.url)
+        return True
+
     async def _open(self) -> ClientConnection:
         options: dict[str, Any] = {}
         if self.ssl is not None:
             options["ssl"] = self.ssl
+        url, headers = self.url, self.headers
+        if self.token is not None:
+            token = await self._fetch_token()
+            if self.token_in == "header":
+                headers = {**headers, "Authorization": f"Bearer {token}"}
+            elif self.token_in == "query":
+                url = _with_query(url, TOKEN_QUERY_PARAMETER, token)
+            else:
+                options["subprotocols"] = [Subprotocol(TOKEN_SUBPROTOCOL_PREFIX + token)]
         return await connect(
-            self.url,
+            url,
             origin=Origin(self.origin) if self.origin is not None else None,
-            additional_headers=self.headers,
+            additional_headers=headers,
             open_timeout=self.open_timeout,
             ping_interval=None,  # the client's own keepalive drops a dead link at once
             close_timeout=self.close_timeout,
@@ -631,6 +770,7 @@ class Client:
         finally:
             if keepalive is not None:
                 keepalive.cancel()
+            self._schedule_refresh(None)
             self._ws = None
             for future, _ in self._requests.values():
                 if not future.done():
@@ -683,6 +823,8 @@ class Client:
                 self._history_answer(value)
             elif kind == "ag.error":
                 self._error(value)
+            elif kind == "ag.refreshed":
+                self._refreshed(value)
             # any other ag. frame: a newer protocol's, not for the application
 
     def _take(self, message: Message) -> bool:
@@ -745,6 +887,7 @@ class Client:
         else:
             self._consumed = dict(positions)
         self._welcome = body
+        self._schedule_refresh(body.get("expires_in"))
         flag = body.get("recovered")
         recovered = flag if isinstance(flag, bool) else all(s.recovered for s in statuses.values())
         while self._outbox:  # sends made while offline, in order (new ones queue behind)
@@ -758,13 +901,14 @@ class Client:
         self._recovery.fire()
 
     def _history_answer(self, body: dict[str, Any]) -> None:
-        request_id = body.get("id")
-        request = self._requests.get(request_id) if type(request_id) is int else None
-        if request is None or request[0].done():
+        request = self._request_of(body)
+        if request is None:
             return  # timed out, or not ours
-        future, channel = request
+        future, asked = request
+        if asked is None:
+            return  # a refresh's id: not an answer to it
         answered = body.get("channel")
-        channel = answered if isinstance(answered, str) else channel
+        channel = answered if isinstance(answered, str) else asked
         messages = []
         try:
             items = body.get("messages")
@@ -788,12 +932,71 @@ class Client:
         error = error if isinstance(error, str) else "invalid"
         detail = body.get("detail")
         detail = detail if isinstance(detail, str) else ""
-        request_id = body.get("id")
-        request = self._requests.get(request_id) if type(request_id) is int else None
-        if request is not None and not request[0].done():
-            request[0].set_exception(HistoryError(error, detail, request[1]))
+        request = self._request_of(body)
+        if request is not None:
+            future, channel = request
+            if channel is None:
+                future.set_exception(RefreshError(error, detail))
+            else:
+                future.set_exception(HistoryError(error, detail, channel))
             return
         logger.warning("server error on %s: %s %s", self.url, error, detail)
+
+    def _request_of(self, body: dict[str, Any]) -> tuple[asyncio.Future[Any], str | None] | None:
+        """The request waiting for the answer ``body`` (None: timed out, or not ours)."""
+        request_id = body.get("id")
+        request = self._requests.get(request_id) if type(request_id) is int else None
+        return None if request is None or request[0].done() else request
+
+    def _refreshed(self, body: dict[str, Any]) -> None:
+        self._reauthenticated = False
+        expires_in = _seconds(body.get("expires_in"))
+        self._schedule_refresh(expires_in)
+        request = self._request_of(body)
+        if request is not None and request[1] is None:
+            request[0].set_result(Refreshed(_seconds(body.get("expires_at")), expires_in))
+
+    def _schedule_refresh(self, expires_in: Any) -> None:
+        """Refresh ``refresh_margin`` before the token lapses in ``expires_in`` seconds (not
+        before half of them); None (or no ``token``) cancels the refresh planned."""
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+            self._refresh_timer = None
+        remaining = _seconds(expires_in)
+        if remaining is None:
+            if self._refresh_task is not None:
+                self._refresh_task.cancel()
+                self._refresh_task = None
+            return
+        if self.token is None:
+            return
+        delay = max(remaining - self.refresh_margin, remaining / 2)
+        loop = asyncio.get_running_loop()
+        self._refresh_timer = loop.call_later(delay, self._start_refresh)
+
+    def _start_refresh(self) -> None:
+        self._refresh_timer = None
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.get_running_loop().create_task(self._auto_refresh())
+
+    async def _auto_refresh(self) -> None:
+        outcome: Refreshed | Exception
+        try:
+            outcome = await self.refresh()
+        except (RefreshError, TimeoutError) as exc:
+            logger.warning(
+                "refreshing the token of %s failed: %r; the socket runs until it lapses",
+                self.url,
+                exc,
+            )
+            outcome = exc
+        except NotConnected:
+            return  # the socket dropped: the next one connects with a fresh token
+        if self.on_refresh is not None:
+            try:
+                self.on_refresh(outcome)
+            except Exception:
+                logger.exception("on_refresh callback failed")
 
     # -- internals: state ------------------------------------------------------------------
 
@@ -879,6 +1082,21 @@ def _position(value: Mapping[str, Any]) -> Position | None:
     if isinstance(epoch, str) and type(offset) is int:
         return Position(epoch, offset)
     return None
+
+
+def _seconds(value: Any) -> float | None:
+    """A number of seconds from a frame (None: absent, or not a number >= 0)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+def _with_query(url: str, name: str, value: str) -> str:
+    """``url`` with the query parameter ``name`` set to ``value`` (others kept)."""
+    parts = urlsplit(url)
+    query = [item for item in parse_qsl(parts.query, keep_blank_values=True) if item[0] != name]
+    query.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _positions_json(positions: Mapping[str, Position]) -> dict[str, dict[str, Any]]:
