@@ -42,7 +42,7 @@ from .support.auth import (
     refusal,
     until_marker,
 )
-from .support.servers import serve
+from .support.servers import serve, serve_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -54,82 +54,72 @@ SHORT_LIFETIME = 3
 SLACK = 3.0
 
 
-@dataclass
-class Site:
-    """One example app, running. ``login(username)`` goes through the app's own route(s);
-    ``mint(user_id, lifetime)`` (JWT apps) signs a token as the app does, ``carriers(token)``
-    are the ways that token can ride on a socket; ``display(username)`` is the name the
-    socket reports."""
+def same(name: str) -> str:
+    return name
 
-    address: str
-    login: Callable[[str], Awaitable[Login]]
-    display: Callable[[str], str]
+
+@dataclass(frozen=True)
+class Integration:
+    """How a client uses one example app. ``login(address, username)`` goes through the app's
+    own route(s); ``display(username)`` is the name its socket reports. JWT apps:
+    ``mint(user_id, lifetime)`` signs a token as the app's login does, and ``cookie_name``
+    names the cookie that carries it."""
+
+    login: Callable[[str, str], Awaitable[Login]]
+    display: Callable[[str], str] = same
     mint: Callable[[str, int], Awaitable[str]] | None = None
-    carriers: Callable[[str], tuple[Carrier, ...]] | None = None
+    cookie_name: str = ""
 
-
-def form(username: str, login_name: str | None = None) -> dict[str, str]:
-    return {"username": login_name or username, "password": DEMO_USERS[username][0]}
-
-
-def token_carriers(cookie_name: str) -> Callable[[str], tuple[Carrier, ...]]:
-    def carriers(token: str) -> tuple[Carrier, ...]:
-        cookie = Carrier("cookie", token, cookie_name)
+    def carriers(self, token: str) -> tuple[Carrier, ...]:
+        """Every way a token rides on a socket: the header, the query, the cookie."""
+        cookie = Carrier("cookie", token, self.cookie_name)
         return Carrier("header", token), Carrier("query", token), cookie
 
-    return carriers
+
+@dataclass(frozen=True)
+class Site:
+    """An example app running at ``address``, and how its clients use it."""
+
+    address: str
+    client: Integration
+
+    async def login(self, username: str) -> Login:
+        return await self.client.login(self.address, username)
+
+    def display(self, username: str) -> str:
+        return self.client.display(username)
+
+    async def mint(self, user_id: str, lifetime: int) -> str:
+        """A token of this app for ``user_id`` that lapses in ``lifetime`` seconds."""
+        assert self.client.mint is not None, "not a JWT app"
+        return await self.client.mint(user_id, lifetime)
 
 
-@contextlib.asynccontextmanager
-async def fastapi_jwt_site(tmp: Path) -> AsyncIterator[Site]:
-    app = fastapi_jwt.create_app(expiry_every=EXPIRY_EVERY)
-    carriers = token_carriers(fastapi_jwt.COOKIE_NAME)
-    async with serve(app) as address:
-
-        async def login(username: str) -> Login:
-            async with httpx.AsyncClient(base_url=f"http://{address}") as http:
-                answer = await http.post("/token", data=form(username))
-                assert answer.status_code == 200, answer.text
-                assert answer.json()["token_type"] == "bearer"
-                token = answer.json()["access_token"]
-                page = await http.post("/login", data=form(username))
-                assert page.status_code == 204, page.text
-                assert "httponly" in page.headers["set-cookie"].lower()
-                cookie = page.cookies[fastapi_jwt.COOKIE_NAME]
-            header, query, _ = carriers(token)
-            return Login(claims(token)["sub"], (header, query, *carriers(cookie)[2:]))
-
-        async def mint(user_id: str, lifetime: int) -> str:
-            return fastapi_jwt.create_access_token({"sub": user_id}, timedelta(seconds=lifetime))
-
-        yield Site(address, login, lambda name: name, mint, carriers)
+def form(username: str, login_name: Callable[[str], str] = same) -> dict[str, str]:
+    return {"username": login_name(username), "password": DEMO_USERS[username][0]}
 
 
-@contextlib.asynccontextmanager
-async def fastapi_users_site(tmp: Path) -> AsyncIterator[Site]:
-    database = f"sqlite+aiosqlite:///{tmp / 'fastapi-users.db'}"
-    app = fastapi_users_app.create_app(database_url=database, expiry_every=EXPIRY_EVERY)
-    carriers = token_carriers("fastapiusersauth")
-    async with serve(app) as address:
+def token_login(
+    token_route: str, cookie_route: str, cookie_name: str, login_name: Callable[[str], str] = same
+) -> Callable[[str, str], Awaitable[Login]]:
+    """The OAuth2 password flow at ``token_route`` (a bearer token in JSON), and the same token
+    as an HttpOnly cookie from ``cookie_route``."""
 
-        async def login(username: str) -> Login:
-            email = fastapi_users_app.demo_email(username)
-            async with httpx.AsyncClient(base_url=f"http://{address}") as http:
-                answer = await http.post("/auth/jwt/login", data=form(username, email))
-                assert answer.status_code == 200, answer.text
-                token = answer.json()["access_token"]
-                page = await http.post("/auth/cookie/login", data=form(username, email))
-                assert page.status_code == 204, page.text
-                assert "httponly" in page.headers["set-cookie"].lower()
-                cookie = page.cookies["fastapiusersauth"]
-            header, query, _ = carriers(token)
-            return Login(claims(token)["sub"], (header, query, *carriers(cookie)[2:]))
+    async def login(address: str, username: str) -> Login:
+        data = form(username, login_name)
+        async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+            answer = await http.post(token_route, data=data)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["token_type"] == "bearer"
+            token = answer.json()["access_token"]
+            page = await http.post(cookie_route, data=data)
+            assert page.status_code == 204, page.text
+            assert "httponly" in page.headers["set-cookie"].lower()
+            cookie = page.cookies[cookie_name]
+        carriers = Carrier("header", token), Carrier("query", token)
+        return Login(claims(token)["sub"], (*carriers, Carrier("cookie", cookie, cookie_name)))
 
-        async def mint(user_id: str, lifetime: int) -> str:
-            strategy: Any = JWTStrategy(fastapi_users_app.SECRET, lifetime_seconds=lifetime)
-            return str(await strategy.write_token(types.SimpleNamespace(id=user_id)))
-
-        yield Site(address, login, fastapi_users_app.demo_email, mint, carriers)
+    return login
 
 
 def cookie_login(route: str, cookie_name: str) -> Callable[[str, str], Awaitable[Login]]:
@@ -145,29 +135,51 @@ def cookie_login(route: str, cookie_name: str) -> Callable[[str, str], Awaitable
     return login
 
 
-@contextlib.asynccontextmanager
-async def starlette_auth_site(tmp: Path) -> AsyncIterator[Site]:
-    login = cookie_login("/login", "session")
-    async with serve(starlette_auth.create_app()) as address:
-        yield Site(address, lambda name: login(address, name), lambda name: name)
+async def tutorial_token(user_id: str, lifetime: int) -> str:
+    return fastapi_jwt.create_access_token({"sub": user_id}, timedelta(seconds=lifetime))
 
 
-@contextlib.asynccontextmanager
-async def quart_auth_site(tmp: Path) -> AsyncIterator[Site]:
-    login = cookie_login("/login", "QUART_AUTH")
-    async with serve(quart_auth_app.create_app(cookie_secure=False)) as address:
-        yield Site(address, lambda name: login(address, name), lambda name: name)
+async def fastapi_users_token(user_id: str, lifetime: int) -> str:
+    strategy: Any = JWTStrategy(fastapi_users_app.SECRET, lifetime_seconds=lifetime)
+    return str(await strategy.write_token(types.SimpleNamespace(id=user_id)))
 
 
-SITES = {
-    "fastapi_jwt": fastapi_jwt_site,
-    "fastapi_users": fastapi_users_site,
-    "starlette_auth": starlette_auth_site,
-    "quart_auth": quart_auth_site,
+USERS_COOKIE = "fastapiusersauth"  # fastapi-users' CookieTransport default
+INTEGRATIONS = {
+    "fastapi_jwt": Integration(
+        token_login("/token", "/login", fastapi_jwt.COOKIE_NAME),
+        mint=tutorial_token,
+        cookie_name=fastapi_jwt.COOKIE_NAME,
+    ),
+    "fastapi_users_app": Integration(
+        token_login(
+            "/auth/jwt/login", "/auth/cookie/login", USERS_COOKIE, fastapi_users_app.demo_email
+        ),
+        display=fastapi_users_app.demo_email,
+        mint=fastapi_users_token,
+        cookie_name=USERS_COOKIE,
+    ),
+    "starlette_auth": Integration(cookie_login("/login", "session")),
+    "quart_auth_app": Integration(cookie_login("/login", "QUART_AUTH")),
 }
-every_site = pytest.mark.parametrize("site", list(SITES), indirect=True, scope="module")
+
+
+def database_url(tmp: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp / 'fastapi-users.db'}"
+
+
+#: Each example app as the tests serve it in-process (token expiry checked often).
+APPS: dict[str, Callable[[Path], Any]] = {
+    "fastapi_jwt": lambda tmp: fastapi_jwt.create_app(expiry_every=EXPIRY_EVERY),
+    "fastapi_users_app": lambda tmp: fastapi_users_app.create_app(
+        database_url=database_url(tmp), expiry_every=EXPIRY_EVERY
+    ),
+    "starlette_auth": lambda tmp: starlette_auth.create_app(),
+    "quart_auth_app": lambda tmp: quart_auth_app.create_app(cookie_secure=False),  # plain HTTP
+}
+every_site = pytest.mark.parametrize("site", list(APPS), indirect=True, scope="module")
 jwt_sites = pytest.mark.parametrize(
-    "site", ["fastapi_jwt", "fastapi_users"], indirect=True, scope="module"
+    "site", ["fastapi_jwt", "fastapi_users_app"], indirect=True, scope="module"
 )
 
 
@@ -176,8 +188,9 @@ async def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Site]:
     """The example app named by the test's parameter, served for the whole module."""
-    async with SITES[request.param](tmp_path_factory.mktemp(request.param)) as running:
-        yield running
+    name = request.param
+    async with serve(APPS[name](tmp_path_factory.mktemp(name))) as address:
+        yield Site(address, INTEGRATIONS[name])
 
 
 @every_site
@@ -241,14 +254,13 @@ async def test_header_and_query_tokens_need_no_origin_cookies_do(site: Site) -> 
 
 @jwt_sites
 async def test_an_expired_token_closes_its_open_socket_with_4401(site: Site) -> None:
-    assert site.mint is not None and site.carriers is not None
     greg = await site.login("greg")
     token = await site.mint(greg.user_id, SHORT_LIFETIME)
     expires = float(claims(token)["exp"])
     async with contextlib.AsyncExitStack() as stack:
         sockets = {
             carrier.kind: await stack.enter_async_context(carrier.connect(site.address))
-            for carrier in site.carriers(token)
+            for carrier in site.client.carriers(token)
         }
         for ws in sockets.values():
             assert (await hello(ws))["id"] == greg.user_id
@@ -260,3 +272,18 @@ async def test_an_expired_token_closes_its_open_socket_with_4401(site: Site) -> 
         "cookie": 4401,
     }
     assert all(at >= expires for _, at in closes)  # not before the token lapsed
+
+
+async def test_each_example_serves_under_uvicorn_by_its_import_path(tmp_path: Path) -> None:
+    """``uvicorn examples.auth.<name>:app``, as its docstring says: log in, get recognised."""
+    with contextlib.ExitStack() as stack:
+        env = {"DATABASE_URL": database_url(tmp_path)}
+        running = {
+            name: stack.enter_context(serve_process(f"examples.auth.{name}:app", env=env))[0]
+            for name in INTEGRATIONS
+        }
+        for name, address in running.items():
+            client = INTEGRATIONS[name]
+            greg = await client.login(address, "greg")
+            async with greg.carriers[0].connect(address) as ws:
+                assert (await hello(ws))["user"] == client.display("greg"), name

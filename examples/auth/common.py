@@ -8,10 +8,11 @@ socket of one user; recipients get ``{"type": "group" | "direct", "from", "text"
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
-from asgi_groups import WsView
+from asgi_groups import InMemoryUsers, SimpleUser, WsView
 from asgi_groups.types import Receive, Scope, Send
 
 #: The demo accounts: name → (password, groups). Each app keeps them in its own user store.
@@ -19,6 +20,19 @@ DEMO_USERS: dict[str, tuple[str, frozenset[str]]] = {
     "greg": ("greg-password", frozenset({"boys", "staff"})),
     "amanda": ("amanda-password", frozenset({"girls", "staff"})),
 }
+
+
+def check_password(username: str, password: str) -> bool:
+    """Whether ``password`` is the demo user's (a real app compares password hashes)."""
+    known = DEMO_USERS.get(username)
+    expected = known[0] if known is not None else "\0"
+    return hmac.compare_digest(expected.encode(), password.encode()) and known is not None
+
+
+def demo_store(session_key: str) -> InMemoryUsers:
+    """The demo users as a user loader: ``session[session_key]`` is the username."""
+    users = [SimpleUser(name, name, groups) for name, (_, groups) in DEMO_USERS.items()]
+    return InMemoryUsers(users, session_key=session_key)
 
 
 class Chat(WsView):

@@ -10,7 +10,6 @@ closed with 4401 when the token expires.
 
 from __future__ import annotations
 
-import hmac
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -19,12 +18,11 @@ import jwt
 from fastapi import Depends, FastAPI, HTTPException, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from asgi_groups import InMemoryUsers, SimpleUser
 from asgi_groups.adapters.fastapi import add_view, install
 from asgi_groups.credentials import BearerToken, CookieToken, QueryToken
 from asgi_groups.tokens import JwtVerifier
 
-from .common import DEMO_USERS, Chat
+from .common import Chat, check_password, demo_store
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-secret-change-me-0123456789")
 ALGORITHM = "HS256"
@@ -42,34 +40,24 @@ def create_access_token(
     return jwt.encode(claims, secret_key, algorithm=ALGORITHM)
 
 
-def authenticate_user(username: str, password: str) -> str | None:
-    """The username when the password matches (a real app keeps password hashes)."""
-    known = DEMO_USERS.get(username)
-    expected = known[0] if known is not None else "\0"
-    if hmac.compare_digest(expected.encode(), password.encode()) and known is not None:
-        return username
-    return None
-
-
 def create_app(
     *,
     secret_key: str = SECRET_KEY,
     token_lifetime: timedelta = ACCESS_TOKEN_EXPIRE,
     expiry_every: float = 1.0,
-    cookie_secure: bool = False,
+    cookie_secure: bool = True,
 ) -> FastAPI:
     """The app; ``expiry_every``: seconds within which an expired token's socket is closed."""
     app = FastAPI()
 
     def issue(form: OAuth2PasswordRequestForm) -> str:
-        username = authenticate_user(form.username, form.password)
-        if username is None:
+        if not check_password(form.username, form.password):
             raise HTTPException(
                 status_code=status.HTTP_401_UNAUTHORIZED,
                 detail="Incorrect username or password",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        return create_access_token({"sub": username}, token_lifetime, secret_key)
+        return create_access_token({"sub": form.username}, token_lifetime, secret_key)
 
     @app.post("/token")
     async def login_for_access_token(form: Form) -> dict[str, str]:
@@ -87,10 +75,7 @@ def create_app(
         )
 
     # -- asgi_groups: the same tokens identify the socket ---------------------------------------
-    users = InMemoryUsers(
-        [SimpleUser(name, name, groups) for name, (_, groups) in DEMO_USERS.items()],
-        session_key="sub",
-    )
+    users = demo_store(session_key="sub")
     verifier = JwtVerifier(secret_key, algorithms=[ALGORITHM])
     auth = [
         BearerToken(verifier),

@@ -8,17 +8,15 @@ Origin.
 
 from __future__ import annotations
 
-import hmac
 import os
 
 from quart import Quart, request
 from quart_auth import AuthUser, QuartAuth, login_user
 
-from asgi_groups import InMemoryUsers, SimpleUser
 from asgi_groups.adapters.quart import install
 from asgi_groups.credentials import QuartAuthCookie
 
-from .common import DEMO_USERS, Chat
+from .common import Chat, check_password, demo_store
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-secret-change-me-0123456789")
 
@@ -33,17 +31,12 @@ def create_app(*, secret_key: str = SECRET_KEY, cookie_secure: bool = True) -> Q
     async def login() -> tuple[dict[str, str], int]:
         form = await request.form
         name, password = form.get("username", ""), form.get("password", "")
-        known = DEMO_USERS.get(name)
-        expected = known[0] if known is not None else "\0"
-        if known is None or not hmac.compare_digest(expected.encode(), password.encode()):
+        if not check_password(name, password):
             return {"error": "Invalid username or password"}, 401
         login_user(AuthUser(name))
         return {"user": name}, 200
 
-    users = InMemoryUsers(
-        [SimpleUser(name, name, groups) for name, (_, groups) in DEMO_USERS.items()],
-        session_key="auth_id",
-    )
+    users = demo_store(session_key="auth_id")
     install(app, sessions=QuartAuthCookie.from_app(app), users=users, views={"/ws": Chat.as_asgi()})
     return app
 

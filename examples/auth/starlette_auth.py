@@ -10,7 +10,6 @@ socket needs a same-site Origin.
 
 from __future__ import annotations
 
-import hmac
 import os
 
 from starlette.applications import Starlette
@@ -25,7 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from asgi_groups import GroupsMiddleware, Registry
 from asgi_groups.adapters.starlette import lifespan
 
-from .common import DEMO_USERS, Chat
+from .common import DEMO_USERS, Chat, check_password
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-secret-change-me-0123456789")
 
@@ -52,9 +51,7 @@ class SessionBackend(AuthenticationBackend):
 async def login(request: Request) -> Response:
     form = await request.form()
     name, password = str(form.get("username", "")), str(form.get("password", ""))
-    known = DEMO_USERS.get(name)
-    expected = known[0] if known is not None else "\0"
-    if known is None or not hmac.compare_digest(expected.encode(), password.encode()):
+    if not check_password(name, password):
         return JSONResponse({"error": "Invalid username or password"}, status_code=401)
     request.session["username"] = name
     return Response(status_code=204)
