@@ -178,6 +178,8 @@ export interface GroupsClientEventMap {
   online: null;
   /** The socket dropped (after a welcome). */
   offline: null;
+  /** The server took a fresh token: the socket lives on. */
+  refreshed: RefreshResult;
   error: GroupsError;
 }
 

@@ -177,6 +177,7 @@
  * @property {CloseDetail} close
  * @property {null} online the client is welcomed (after being offline, or at first)
  * @property {null} offline the socket dropped (after a welcome)
+ * @property {RefreshResult} refreshed the server took a fresh token: the socket lives on
  * @property {GroupsError} error
  */
 
@@ -322,7 +323,7 @@ export class ConnectionFailed extends GroupsError {
  * A real-time connection to an asgi_groups `RecoverableView`, kept up across drops.
  *
  * Events (`addEventListener(name, e => e.detail)` or `on(name, detail => ...)`): open, welcome,
- * recovered, message, close, online, offline, error.
+ * recovered, message, close, online, offline, refreshed, error.
  */
 export class GroupsClient extends EventTarget {
   /** @type {string} */
@@ -955,10 +956,10 @@ export class GroupsClient extends EventTarget {
   #refreshed(frame) {
     this.#reauthenticated = false;
     this.#scheduleRefresh(frame.expires_in);
-    const request = this.#refreshes.get(/** @type {number} */ (frame.id));
-    if (request !== undefined) {
-      this.#settleRefresh(request, /** @type {RefreshResult} */ (/** @type {unknown} */ (frame)));
-    }
+    const result = /** @type {RefreshResult} */ (/** @type {unknown} */ (frame));
+    const request = this.#refreshes.get(result.id);
+    if (request !== undefined) this.#settleRefresh(request, result);
+    this.#emit("refreshed", result);
   }
 
   /**

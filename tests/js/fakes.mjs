@@ -11,6 +11,7 @@ export const EVENTS = [
   "close",
   "online",
   "offline",
+  "refreshed",
   "error",
 ];
 

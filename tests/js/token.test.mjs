@@ -138,7 +138,9 @@ test("the answer schedules the next refresh from its own expires_in", (t) => {
   const { socket, of } = welcomed(t, 60);
   t.mock.timers.tick(30_000);
   const [sent] = refreshes(socket);
-  socket.receive({ type: "ag.refreshed", id: sent.id, expires_at: 1e9, expires_in: 300 });
+  const answer = { type: "ag.refreshed", id: sent.id, expires_at: 1e9, expires_in: 300 };
+  socket.receive(answer);
+  assert.deepEqual(of("refreshed"), [answer]);
   t.mock.timers.tick(270_000 - 1);
   assert.equal(refreshes(socket).length, 1);
   t.mock.timers.tick(1);
