@@ -6,8 +6,9 @@ and a direct message; a tampered or missing credential is refused with 403; head
 tokens need no Origin, cookies do. JWT integrations: a token that expires closes its open
 socket with 4401 within ``expiry_every``, whatever carried it. One server per integration.
 
-``Site.mint(user_id, lifetime)`` signs a token of that app for a user, as its login would: for
-tests of short-lived tokens (expiry, refresh) on the running ``Site.address``.
+For tests of short-lived tokens (expiry, refresh): decorate with ``@jwt_sites`` and take the
+``site`` fixture; ``site.mint(user_id, lifetime)`` signs a token of that app for a user as its
+login would, ``site.carriers(token)`` are the ways it rides on a socket to ``site.address``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class Site:
         """A token of this app for ``user_id`` that lapses in ``lifetime`` seconds."""
         assert self.client.mint is not None, "not a JWT app"
         return await self.client.mint(user_id, lifetime)
+
+    def carriers(self, token: str) -> tuple[Carrier, ...]:
+        return self.client.carriers(token)
 
 
 def form(username: str, login_name: Callable[[str], str] = same) -> dict[str, str]:
@@ -260,7 +264,7 @@ async def test_an_expired_token_closes_its_open_socket_with_4401(site: Site) -> 
     async with contextlib.AsyncExitStack() as stack:
         sockets = {
             carrier.kind: await stack.enter_async_context(carrier.connect(site.address))
-            for carrier in site.client.carriers(token)
+            for carrier in site.carriers(token)
         }
         for ws in sockets.values():
             assert (await hello(ws))["id"] == greg.user_id
