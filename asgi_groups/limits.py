@@ -50,12 +50,12 @@ class QueueLimits:
 
 DEFAULT_QUEUE_LIMITS = QueueLimits()
 
-#: JSON frames joined into one WebSocket frame for a connection of the library's own client
-#: protocol (``RecoverableView.coalesce``; the official clients split them). 1 = off: a client
-#: written from docs/PROTOCOL.md alone reads one document per frame; 16 suits the official ones.
-DEFAULT_PROTOCOL_COALESCE = 1
-#: What ``RecoverableView.coalesce`` is best set to when every client is an official one.
+#: Most JSON frames the official clients take joined by ``"\n"`` in one WebSocket frame.
 OFFICIAL_CLIENT_COALESCE = 16
+#: JSON frames joined into one WebSocket frame for a connection of the library's own client
+#: protocol (``RecoverableView.coalesce``): on by default, as docs/PROTOCOL.md says a client
+#: splits a text frame on ``"\n"``; 1 turns it off (one document per frame).
+DEFAULT_PROTOCOL_COALESCE = OFFICIAL_CLIENT_COALESCE
 
 #: Largest outbound message a registry accepts (refused at the sender with ``MessageTooLarge``).
 DEFAULT_MAX_MESSAGE_SIZE = 1 * MiB

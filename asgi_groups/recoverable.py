@@ -89,10 +89,10 @@ class RecoverableView(WsView):
     new client. ``max_history_limit``: most messages one ``ag.history`` request returns;
     ``max_history_bytes``: most payload bytes in one answer (the oldest are left out), so that
     it fits a client's frame limit (the ``websockets`` library's default is 1 MiB).
-    ``coalesce``: up to this many JSON frames waiting for one connection go as one WebSocket
-    frame joined by ``"\n"`` (the official clients split them; 16 suits them, 1 = off, the
-    default while clients written from the protocol alone read one document per frame); a
-    registry whose ``QueueLimits`` set ``coalesce`` keeps its own setting.
+    ``coalesce`` (16): up to this many JSON frames waiting for one connection go as one
+    WebSocket frame joined by ``"\n"``, which every client of the protocol splits (the
+    official ones do); 1 turns it off. A registry whose ``QueueLimits`` set ``coalesce``
+    keeps its own setting. Frames the app sends itself are never joined.
     """
 
     hello_timeout: ClassVar[float] = 10.0

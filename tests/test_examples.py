@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,21 +45,47 @@ def config(tmp_path: Path) -> ChatConfig:
 HELLO = json.dumps({"type": "ag.hello"})
 
 
-def chat_frame(text: str | bytes) -> dict[str, Any]:
-    """A frame of the chat socket as the page sees it: a channel's message out of its envelope."""
-    frame: dict[str, Any] = json.loads(text)
-    if frame["type"] == "ag.message":
-        data = frame["data"]
-        frame = json.loads(data) if isinstance(data, str) else data
-    return frame
+def chat_frames(text: str | bytes) -> list[dict[str, Any]]:
+    """The frames of one WebSocket frame as the page sees them: the server may join several
+    with "\\n", and a channel's message comes out of its envelope."""
+    found = []
+    for line in text.split("\n") if isinstance(text, str) else [text]:
+        frame: dict[str, Any] = json.loads(line)
+        if frame["type"] == "ag.message":
+            data = frame["data"]
+            frame = json.loads(data) if isinstance(data, str) else data
+        found.append(frame)
+    return found
+
+
+#: Frames read from a socket and not yet asked for, per socket.
+_unread: dict[Any, deque[dict[str, Any]]] = {}
+
+
+def _take(sock: Any, kind: str) -> dict[str, Any] | None:
+    """The first unread frame of type ``kind`` on ``sock``, dropping those before it."""
+    unread = _unread.setdefault(sock, deque())
+    while unread:
+        frame = unread.popleft()
+        if frame["type"] == kind:
+            return frame
+    return None
 
 
 def frames(sock: Any, kind: str) -> dict[str, Any]:
-    """The next frame of type ``kind`` (skipping presence and the like)."""
-    while True:
-        frame = chat_frame(sock.receive_text())
-        if frame["type"] == kind:
-            return frame
+    """The next frame of type ``kind`` on a test client's socket (skipping presence etc.)."""
+    while (frame := _take(sock, kind)) is None:
+        _unread[sock].extend(chat_frames(sock.receive_text()))
+    return frame
+
+
+async def next_of(sock: Any, kind: str) -> dict[str, Any]:
+    """``frames`` for a websockets connection or a Quart test socket, within 10 s."""
+    receive = sock.recv if hasattr(sock, "recv") else sock.receive
+    async with asyncio.timeout(10):
+        while (frame := _take(sock, kind)) is None:
+            _unread[sock].extend(chat_frames(await receive()))
+    return frame
 
 
 # -- the chat apps, in process ------------------------------------------------------------------
@@ -119,12 +146,6 @@ async def test_chat_app_quart_under_its_test_client(config: ChatConfig) -> None:
             clients["amanda"].websocket("/ws", headers=headers) as amanda,
             clients["lisa"].websocket("/ws", headers=headers) as lisa,
         ):
-
-            async def next_of(sock: Any, kind: str) -> dict[str, Any]:
-                while (frame := chat_frame(await sock.receive()))["type"] != kind:
-                    pass
-                return frame
-
             await amanda.send(HELLO)
             await lisa.send(HELLO)
             assert (await next_of(amanda, "hello"))["groups"] == ["girls"]
@@ -163,12 +184,6 @@ async def test_chat_apps_share_redis_across_processes(redis_url: str, tmp_path: 
                 origin=f"http://{address}",  # type: ignore[arg-type]
                 additional_headers={"Cookie": cookie},
             )
-
-        async def next_of(sock: Any, kind: str) -> dict[str, Any]:
-            async with asyncio.timeout(10):
-                while (frame := chat_frame(await sock.recv()))["type"] != kind:
-                    pass
-                return frame
 
         async with ws(one, cookies["greg"]) as greg, ws(two, cookies["chuck"]) as chuck:
             await greg.send(HELLO)
