@@ -7,30 +7,28 @@ lives two seconds: the page refreshes it on the open socket and stays connected 
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import jwt
 import pytest
 
-from asgi_groups import GroupsMiddleware, RecoverableView, Registry
+from asgi_groups import GroupsMiddleware, Registry
 from asgi_groups.browser import ClientScript
 from asgi_groups.credentials import SubprotocolToken
 from asgi_groups.tokens import JwtVerifier
 from asgi_groups.types import Receive, Scope, Send
 
 from .support.servers import serve
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
+from .test_browser import browser  # noqa: F401 - the module's chromium, as a fixture
+from .test_client_tokens import SECRET, Clock, Room
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 async_api = pytest.importorskip("playwright.async_api")
 
-SECRET = "jwt-secret-for-browser-tests-0123456789"
 TIMEOUT_MS = 10_000
 PAGE = b"""<!doctype html>
 <title>tokens</title>
@@ -49,21 +47,6 @@ PAGE = b"""<!doctype html>
   client.connect();
 </script>
 """
-
-
-class Clock:
-    """Unix time running with real time, plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-class Room(RecoverableView):
-    login_required = True
-    groups = ["lobby"]
 
 
 class Site:
@@ -107,18 +90,8 @@ class Site:
         return jwt.encode({"sub": "greg", "exp": self.clock() + lifetime}, SECRET, "HS256")
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
 async def test_a_page_refreshes_its_subprotocol_token_and_stays_connected(
-    browser: Browser,
+    browser: Browser,  # noqa: F811 - the fixture imported above
 ) -> None:
     site = Site()
     async with site.registry, serve(site.app) as address:

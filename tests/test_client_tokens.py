@@ -31,18 +31,12 @@ from asgi_groups.revalidation import Revalidator
 from asgi_groups.tokens import JwtVerifier
 
 from .support.servers import serve
+from .test_client import FAST as CLIENT_FAST
 
 SECRET = "jwt-secret-for-client-tests-0123456789"
 #: A hang guard only: nothing here waits for a timeout to expire.
 GUARD = 5.0
-FAST: dict[str, Any] = {
-    "min_delay": 0.01,
-    "max_delay": 0.1,
-    "open_timeout": 2.0,
-    "welcome_timeout": 2.0,
-    "close_timeout": 0.5,
-    "refresh_timeout": 2.0,
-}
+FAST: dict[str, Any] = {**CLIENT_FAST, "refresh_timeout": 2.0}
 CARRIERS: list[TokenPlacement] = ["header", "query", "subprotocol"]
 
 
