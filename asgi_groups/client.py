@@ -771,6 +771,9 @@ class Client:
             if keepalive is not None:
                 keepalive.cancel()
             self._schedule_refresh(None)
+            if self._refresh_task is not None:  # the socket it refreshes is gone
+                self._refresh_task.cancel()
+                self._refresh_task = None
             self._ws = None
             for future, _ in self._requests.values():
                 if not future.done():
@@ -958,17 +961,12 @@ class Client:
 
     def _schedule_refresh(self, expires_in: Any) -> None:
         """Refresh ``refresh_margin`` before the token lapses in ``expires_in`` seconds (not
-        before half of them); None (or no ``token``) cancels the refresh planned."""
+        before half of them), instead of when planned before; None: it never lapses."""
         if self._refresh_timer is not None:
             self._refresh_timer.cancel()
             self._refresh_timer = None
         remaining = _seconds(expires_in)
-        if remaining is None:
-            if self._refresh_task is not None:
-                self._refresh_task.cancel()
-                self._refresh_task = None
-            return
-        if self.token is None:
+        if remaining is None or self.token is None:
             return
         delay = max(remaining - self.refresh_margin, remaining / 2)
         loop = asyncio.get_running_loop()
