@@ -195,7 +195,6 @@
 /**
  * @typedef {object} PendingRefresh
  * @property {number} id
- * @property {SocketLike} ws the socket it refreshes
  * @property {ReturnType<typeof setTimeout> | null} timer
  * @property {(result: RefreshResult) => void} resolve
  * @property {(error: RefreshError) => void} reject
@@ -541,7 +540,7 @@ export class GroupsClient extends EventTarget {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       /** @type {PendingRefresh} */
-      const request = { id, ws, timer: null, resolve, reject };
+      const request = { id, timer: null, resolve, reject };
       const timeout = this.#options.refreshTimeout;
       if (timeout > 0) {
         request.timer = setTimeout(() => {
