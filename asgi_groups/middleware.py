@@ -58,6 +58,10 @@ logger = logging.getLogger("asgi_groups.middleware")
 refusals = logging.getLogger("asgi_groups.refusals")
 
 REGISTRY_KEY = "asgi_groups.registry"
+#: Handshakes checked at once by one middleware; more wait (see ``GroupsMiddleware``).
+DEFAULT_MAX_HANDSHAKES = 64
+#: Seconds a handshake may wait for its turn before it is refused with 503.
+DEFAULT_HANDSHAKE_WAIT = 10.0
 #: Longest text frame read as a possible refresh frame (a token and a little JSON around it).
 MAX_REFRESH_FRAME = MAX_TOKEN_LENGTH + 256
 SUBPROTOCOL_KEY = "asgi_groups.token_subprotocol"
@@ -183,6 +187,9 @@ class GroupsMiddleware:
     token is refused (403), an expired one closes its socket with 4401 within ``expiry_every``
     seconds (``clock``: Unix time now). A client with an explicit token (header, query,
     subprotocol) may omit the Origin header; with a cookie or no credential it may not.
+    ``max_handshakes``: handshakes checked at once (origin, credential, user load); more wait
+    their turn, so a reconnect storm slows new sockets instead of starving open ones; one
+    that waits over ``handshake_wait`` seconds is refused with 503 (``None``: no limit).
 
     Served by hypercorn on Python 3.11 as the outermost app, name it ``asgi:module:app``
     (hypercorn there cannot tell that the middleware is an ASGI 3 app; 3.12+ and every other
@@ -202,7 +209,11 @@ class GroupsMiddleware:
         auth: Authenticator | Sequence[Authenticator] | None = None,
         expiry_every: float = DEFAULT_EXPIRY_EVERY,
         clock: Callable[[], float] = time.time,
+        max_handshakes: int | None = DEFAULT_MAX_HANDSHAKES,
+        handshake_wait: float = DEFAULT_HANDSHAKE_WAIT,
     ) -> None:
+        if max_handshakes is not None and max_handshakes < 1:
+            raise ValueError("max_handshakes must be at least 1 (or None: no limit)")
         self.app = app
         self.registry = registry
         if sessions is None:
@@ -235,6 +246,9 @@ class GroupsMiddleware:
             self.revalidator = Revalidator(revalidate_every, self._user, clock=clock)
         self._start_lock: asyncio.Lock | None = None
         self.clock = clock
+        self.max_handshakes = max_handshakes
+        self.handshake_wait = handshake_wait
+        self._gate: asyncio.Semaphore | None = None
 
     @staticmethod
     def _loader(users: Any) -> UserLoader | None:
@@ -283,6 +297,35 @@ class GroupsMiddleware:
             await self.app(scope, receive, send)
 
     async def _handshake(self, scope: Scope, send: Send) -> Watched | _Admitted | None:
+        """``_check`` the handshake, at most ``max_handshakes`` at once."""
+        if self.max_handshakes is None:
+            return await self._check(scope, send)
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = asyncio.Semaphore(self.max_handshakes)
+        if gate.locked():  # a storm: wait a turn, within a bound
+            try:
+                async with asyncio.timeout(self.handshake_wait):
+                    await gate.acquire()
+            except TimeoutError:
+                await reject(
+                    scope,
+                    send,
+                    503,
+                    "Service unavailable: too many connections opening; retry",
+                    reason="limit",
+                    note=f", over {self.max_handshakes} handshakes waiting {self.handshake_wait}s",
+                    registry=self.registry,
+                )
+                return None
+        else:
+            await gate.acquire()
+        try:
+            return await self._check(scope, send)
+        finally:
+            gate.release()
+
+    async def _check(self, scope: Scope, send: Send) -> Watched | _Admitted | None:
         """Check the Origin, find the session and load its user, and admit the socket.
 
         None when refused; else what the revalidator is to watch (``ADMITTED``: nothing).

@@ -273,3 +273,68 @@ async def test_a_view_with_its_own_dispatch_is_reached_only_after_the_handshake(
         app = GroupsMiddleware(Bypass.as_asgi(), registry)
         await assert_foreign_origin_refused(app)
     assert Bypass.reached == []
+
+
+class SlowUsers:
+    """A user store whose loads wait until the test lets them through; counts loads begun."""
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Condition()
+
+    async def load(self, session: Session) -> UserLike:
+        async with self.waiting:
+            self.begun += 1
+            self.waiting.notify_all()
+        await self.release.wait()
+        return DORA
+
+    async def until_begun(self, count: int) -> None:
+        async with self.waiting:
+            await self.waiting.wait_for(lambda: self.begun >= count)
+
+
+async def test_a_storm_of_handshakes_is_checked_a_few_at_a_time() -> None:
+    """Five sockets at once with ``max_handshakes=2``: two user loads run, three wait their
+    turn, and all five open once the store answers."""
+    users = SlowUsers()
+    async with Registry() as registry:
+        app = GroupsMiddleware(
+            Hello.as_asgi(), registry, sessions=PlainCookie(), users=users, max_handshakes=2
+        )
+        tabs = [WebSocketTestClient(app, cookies={"session": "7"}) for _ in range(5)]
+        opening = [asyncio.ensure_future(tab.connect()) for tab in tabs]
+        await users.until_begun(2)
+        for _ in range(100):  # loop turns: the other three get every chance to start a load
+            await asyncio.sleep(0)
+        assert users.begun == 2
+        users.release.set()
+        assert await asyncio.gather(*opening) == [True] * 5
+        assert users.begun == 5
+        for tab in tabs:
+            assert (await tab.receive_json())["user"] == "dora"
+            await tab.disconnect()
+
+
+async def test_a_handshake_that_waits_too_long_for_its_turn_is_refused_503() -> None:
+    users = SlowUsers()
+    async with Registry() as registry:
+        app = GroupsMiddleware(
+            Hello.as_asgi(),
+            registry,
+            sessions=PlainCookie(),
+            users=users,
+            max_handshakes=1,
+            handshake_wait=0.05,
+        )
+        first = WebSocketTestClient(app, cookies={"session": "7"})
+        opening = asyncio.ensure_future(first.connect())
+        await users.until_begun(1)
+        late = WebSocketTestClient(app, cookies={"session": "7"})
+        assert not await late.connect()
+        assert late.status == 503
+        assert registry.refused_handshakes["limit"] == 1
+        users.release.set()
+        assert await opening
+        await first.disconnect()
