@@ -28,6 +28,7 @@ from .stream import (
     HELLO,
     HISTORY,
     PREFIX,
+    REFRESH,
     Stream,
     error_frame,
     history_frame,
@@ -80,6 +81,16 @@ def _coalescing(limits: QueueLimits, coalesce: int) -> QueueLimits:
             limits, coalesce=coalesce, coalesce_json_only=True
         )
     return found
+
+
+def _request_id(body: dict[str, Any]) -> int | str | None:
+    """A request's ``id`` to echo in the answer: an integer or a short string, else None."""
+    request_id = body.get("id")
+    if (type(request_id) is int and abs(request_id) < 2**53) or (
+        isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID
+    ):
+        return request_id
+    return None
 
 
 class RecoverableView(WsView):
@@ -164,8 +175,12 @@ class RecoverableView(WsView):
                 await self._resume(positions)
         elif kind == HISTORY:
             await self._history(body)
+        elif kind == REFRESH:  # the middleware renews token sockets; this one has none
+            detail = "this socket's credential cannot be refreshed"
+            await self._reply(error_frame("refresh_refused", detail, _request_id(body)))
         else:
-            await self._reply(error_frame("invalid", f"unknown protocol frame {kind[:40]!r}"))
+            detail = f"unknown protocol frame {kind[:40]!r}"
+            await self._reply(error_frame("invalid", detail, _request_id(body)))
 
     def _no_hello(self) -> None:
         """No hello in time: start the client as a new one (nothing to recover)."""
@@ -238,12 +253,8 @@ class RecoverableView(WsView):
                 return
 
     async def _history(self, body: dict[str, Any]) -> None:
-        request_id = body.get("id")
-        if not (
-            request_id is None
-            or (type(request_id) is int and abs(request_id) < 2**53)
-            or (isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID)
-        ):
+        request_id = _request_id(body)
+        if request_id is None and body.get("id") is not None:
             await self._reply(error_frame("invalid", "id must be an integer or a short string"))
             return
         channel, limit = body.get("channel"), body.get("limit", self.max_history_limit)

@@ -250,6 +250,28 @@ async def test_positions_of_channels_not_received_are_ignored(hub: tuple[str, Re
     assert frame["data"] == "mine"
 
 
+async def test_requests_the_socket_cannot_serve_are_answered_with_their_id(
+    hub: tuple[str, Registry],
+) -> None:
+    """A refresh on a cookie socket (nothing to renew) and an unknown protocol frame each get
+    an error that names the request, so a client fails the request at once."""
+    address, _ = hub
+    async with open_raw(address, 1) as ws:
+        await hello(ws)
+        await ws.send(json.dumps({"type": "ag.refresh", "id": 3, "token": "t"}))
+        refused = json.loads(await ws.recv())
+        assert (refused["type"], refused["error"], refused["id"]) == (
+            "ag.error",
+            "refresh_refused",
+            3,
+        )
+        await ws.send(json.dumps({"type": "ag.nonsense", "id": "q1"}))
+        unknown = json.loads(await ws.recv())
+        assert (unknown["error"], unknown["id"]) == ("invalid", "q1")
+        await ws.send(json.dumps({"type": "ag.nonsense", "id": ["not", "an", "id"]}))
+        assert "id" not in json.loads(await ws.recv())
+
+
 async def test_second_hello_closes_4400_and_others_stay(hub: tuple[str, Registry]) -> None:
     address, _ = hub
     async with open_raw(address, 2) as other, open_raw(address, 1) as ws:
