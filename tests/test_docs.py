@@ -27,13 +27,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHOWN_REDIS = "redis://127.0.0.1:6379/0"
 #: Pages whose code cannot run as written yet, and why (strict: one that starts to run fails
 #: the test until it is taken off this list).
-NOT_RUNNABLE: dict[str, str] = {
-    "docs/AUTH.md": (
-        "fragments: `GroupsMiddleware(app, registry, auth=[...], sessions=..., ...)` passes "
-        "Ellipsis as options, and `app`, `registry`, `SECRET_KEY`, `store`, `Chat`, "
-        "`QuartAuth`, `users` are never defined on the page"
-    ),
-}
+NOT_RUNNABLE: dict[str, str] = {}
 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<lang>[\w+-]*)")
 HIDDEN = re.compile(r"^<!-- python\s*$")
