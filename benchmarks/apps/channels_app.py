@@ -23,8 +23,9 @@ LAYERS = {
 }
 
 
-def configure(layer: str, redis_url: str | None) -> None:
-    """Configure Django once, with the chosen channel layer (also used by the publisher)."""
+def configure(layer: str, redis_url: str | None, **extra: Any) -> None:
+    """Configure Django once, with the chosen channel layer (also used by the publisher);
+    ``extra`` settings are added or replace the defaults."""
     import django
     from django.conf import settings
 
@@ -33,14 +34,15 @@ def configure(layer: str, redis_url: str | None) -> None:
     backend: dict[str, Any] = {"BACKEND": LAYERS[layer]}
     if layer != "memory":
         backend["CONFIG"] = {"hosts": [{"address": redis_url, "max_connections": POOL_SIZE}]}
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="benchmark",
-        ALLOWED_HOSTS=["*"],
-        INSTALLED_APPS=["channels"],
-        CHANNEL_LAYERS={"default": backend},
-        USE_TZ=True,
-    )
+    defaults: dict[str, Any] = {
+        "DEBUG": False,
+        "SECRET_KEY": "benchmark",
+        "ALLOWED_HOSTS": ["*"],
+        "INSTALLED_APPS": ["channels"],
+        "CHANNEL_LAYERS": {"default": backend},
+        "USE_TZ": True,
+    }
+    settings.configure(**(defaults | extra))
     django.setup()
 
 
