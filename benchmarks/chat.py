@@ -365,6 +365,31 @@ async def read(ws: Any, dialect: Dialect, early: list[str], on_line: Callable[[s
                 on_line(line)
 
 
+class Clients:
+    """The logged-in sockets of one measurement and their readers; closed together on exit."""
+
+    def __init__(self, server: Served) -> None:
+        self.server = server
+        self.dialect = DIALECTS[server.system.dialect]
+        self.socks: list[Any] = []
+        self.readers: list[asyncio.Task[None]] = []
+
+    async def open(self, user_id: int, on_line: Callable[[str], None]) -> Any:
+        """A socket logged in as ``user_id``; every message it receives goes to ``on_line``."""
+        ws, early = await self.dialect.open(self.server, user_id)
+        self.socks.append(ws)
+        self.readers.append(asyncio.create_task(read(ws, self.dialect, early, on_line)))
+        return ws
+
+    async def __aenter__(self) -> Clients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self.readers:
+            task.cancel()
+        await asyncio.gather(*(ws.close() for ws in self.socks), return_exceptions=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="one chat server (spawned by storm and rooms)")
     parser.add_argument("config", type=Path)

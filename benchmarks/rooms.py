@@ -25,18 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .chat import (
-    DIALECTS,
-    ChatSystem,
-    Options,
-    Person,
-    choose,
-    percentile_ms,
-    read,
-    run_rows,
-    served,
-)
-from .chat import SYSTEMS as CHAT_SYSTEMS
+from . import chat
 from .procstat import cpu_ns
 
 #: Seconds to wait for the last frames after the last send.
@@ -52,20 +41,20 @@ SYSTEMS = (
 )
 
 
-def people(sockets: int, room: int) -> list[Person]:
-    return [Person(i, f"u{i}", frozenset({f"r{(i - 1) // room}"})) for i in range(1, sockets + 1)]
+def people(sockets: int, room: int) -> list[chat.Person]:
+    return [
+        chat.Person(i, f"u{i}", frozenset({f"r{(i - 1) // room}"})) for i in range(1, sockets + 1)
+    ]
 
 
 async def run(
-    workload: str, system: ChatSystem, args: argparse.Namespace, log: Path
+    workload: str, system: chat.ChatSystem, args: argparse.Namespace, log: Path
 ) -> dict[str, Any]:
     sockets, room = args.sockets, args.room
-    dialect = DIALECTS[system.dialect]
+    dialect = chat.DIALECTS[system.dialect]
     expected: dict[str, tuple[float, int]] = {}  # id -> (sent at, recipients left)
     latencies: list[float] = []
     drained = asyncio.Event()  # set when every message sent so far has arrived
-    socks: list[Any] = []
-    readers: list[asyncio.Task[None]] = []
 
     def on_line(line: str) -> None:
         if '"m:' not in line:
@@ -83,59 +72,56 @@ async def run(
         else:
             expected[key] = (sent, left - 1)
 
-    options = Options(presence=False, echo=False)  # steady traffic only: the storm has presence
-    async with served(system, people(sockets, room), options, log) as server:
-        try:
-            batch = system.connect_batch
-            for start in range(0, sockets, batch):
-                ids = range(start + 1, min(sockets, start + batch) + 1)
-                for ws, early in await asyncio.gather(*(dialect.open(server, i) for i in ids)):
-                    socks.append(ws)
-                    readers.append(asyncio.create_task(read(ws, dialect, early, on_line)))
-            await asyncio.sleep(args.warmup)
-            rng = random.Random(7)
-            total = int(args.rate * args.seconds)
-            cpu0 = {name: cpu_ns(pid) for name, pid in server.pids.items()}
-            t0 = time.perf_counter()
-            for k in range(total):
-                sender = rng.randrange(sockets)
-                key = str(k)
-                if workload == "rooms":
-                    members = min(room, sockets - (sender // room) * room)
-                    body = dialect.group(f"r{sender // room}", f"m:{key}")
-                else:
-                    target = rng.randrange(sockets - 1)
-                    target += target >= sender
-                    members = 1
-                    body = dialect.direct(f"u{target + 1}", f"m:{key}")
-                expected[key] = (time.perf_counter(), members)
-                await socks[sender].send(body)
-                delay = t0 + (k + 1) / args.rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if expected:
-                drained.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(drained.wait(), DRAIN)
-            cpu = {name: cpu_ns(pid) - cpu0[name] for name, pid in server.pids.items()}
-            ordered = sorted(latencies)
-            return {
-                "workload": workload,
-                "system": system.name,
-                "sockets": sockets,
-                "room": room if workload == "rooms" else None,
-                "publishes": total,
-                "rate": args.rate,
-                "server_cpu_per_publish_us": round(cpu["server"] / 1000 / total, 1),
-                "redis_cpu_per_publish_us": round(cpu.get("redis", 0) / 1000 / total, 1),
-                "p50_ms": round(percentile_ms(ordered, 0.5), 2),
-                "p99_ms": round(percentile_ms(ordered, 0.99), 2),
-                "lost": len(expected),
-            }
-        finally:
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*(ws.close() for ws in socks), return_exceptions=True)
+    # steady traffic only: the storm measures presence
+    options = chat.Options(presence=False, echo=False)
+    async with (
+        chat.served(system, people(sockets, room), options, log) as server,
+        chat.Clients(server) as clients,
+    ):
+        batch = system.connect_batch
+        for start in range(0, sockets, batch):
+            ids = range(start + 1, min(sockets, start + batch) + 1)
+            await asyncio.gather(*(clients.open(i, on_line) for i in ids))
+        await asyncio.sleep(args.warmup)
+        rng = random.Random(7)
+        total = int(args.rate * args.seconds)
+        cpu0 = {name: cpu_ns(pid) for name, pid in server.pids.items()}
+        t0 = time.perf_counter()
+        for k in range(total):
+            sender = rng.randrange(sockets)
+            key = str(k)
+            if workload == "rooms":
+                members = min(room, sockets - (sender // room) * room)
+                body = dialect.group(f"r{sender // room}", f"m:{key}")
+            else:
+                target = rng.randrange(sockets - 1)
+                target += target >= sender
+                members = 1
+                body = dialect.direct(f"u{target + 1}", f"m:{key}")
+            expected[key] = (time.perf_counter(), members)
+            await clients.socks[sender].send(body)
+            delay = t0 + (k + 1) / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if expected:
+            drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), DRAIN)
+        cpu = {name: cpu_ns(pid) - cpu0[name] for name, pid in server.pids.items()}
+        ordered = sorted(latencies)
+        return {
+            "workload": workload,
+            "system": system.name,
+            "sockets": sockets,
+            "room": room if workload == "rooms" else None,
+            "publishes": total,
+            "rate": args.rate,
+            "server_cpu_per_publish_us": round(cpu["server"] / 1000 / total, 1),
+            "redis_cpu_per_publish_us": round(cpu.get("redis", 0) / 1000 / total, 1),
+            "p50_ms": round(chat.percentile_ms(ordered, 0.5), 2),
+            "p99_ms": round(chat.percentile_ms(ordered, 0.99), 2),
+            "lost": len(expected),
+        }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -155,7 +141,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             if ours
             else "-"
         )
-        redis_cpu = r["redis_cpu_per_publish_us"] if CHAT_SYSTEMS[r["system"]].redis else "-"
+        redis_cpu = r["redis_cpu_per_publish_us"] if chat.SYSTEMS[r["system"]].redis else "-"
         lines.append(
             f"| {r['workload']} | {r['system']} | {r['sockets']} | {r['publishes']} "
             f"| {r['server_cpu_per_publish_us']} | {ratio} | {redis_cpu} "
@@ -179,9 +165,9 @@ def main() -> None:
     jobs = [
         (system, {"workload": workload}, partial(run, workload, system, args, log))
         for workload in args.workload.split(",")
-        for system in choose(args.systems, SYSTEMS)
+        for system in chat.choose(args.systems, SYSTEMS)
     ]
-    print(table(run_rows(jobs, args.json)))
+    print(table(chat.run_rows(jobs, args.json)))
 
 
 if __name__ == "__main__":

@@ -24,17 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .chat import (
-    DIALECTS,
-    ChatSystem,
-    Options,
-    Person,
-    choose,
-    percentile_ms,
-    read,
-    run_rows,
-    served,
-)
+from . import chat
 from .procstat import cpu_ns
 
 #: Probes each established client sends per second during the storm.
@@ -51,10 +41,12 @@ SYSTEMS = ("raw", "groups", "channels", "socketio")
 OTHERS = ("groups-nolist", "groups-redis", "channels-redis", "channels-pubsub", "socketio-redis")
 
 
-def users(n: int, established: int) -> list[Person]:
+def users(n: int, established: int) -> list[chat.Person]:
     """``u1``…``uN`` in ``hall``; the established ``e1``… in ``hall`` and ``est``."""
-    storm = [Person(i, f"u{i}", frozenset({"hall"})) for i in range(1, n + 1)]
-    steady = [Person(n + i, f"e{i}", frozenset({"hall", "est"})) for i in range(1, established + 1)]
+    storm = [chat.Person(i, f"u{i}", frozenset({"hall"})) for i in range(1, n + 1)]
+    steady = [
+        chat.Person(n + i, f"e{i}", frozenset({"hall", "est"})) for i in range(1, established + 1)
+    ]
     return storm + steady
 
 
@@ -65,11 +57,8 @@ class Counts:
         self.frames = 0
 
 
-async def run(system: ChatSystem, n: int, established: int, log: Path) -> dict[str, Any]:
-    dialect = DIALECTS[system.dialect]
+async def run(system: chat.ChatSystem, n: int, established: int, log: Path) -> dict[str, Any]:
     counts = Counts()
-    socks: list[Any] = []
-    tasks: list[asyncio.Task[None]] = []
     probes: dict[str, float] = {}
     rtts: list[float] = []
     sent = 0
@@ -84,78 +73,71 @@ async def run(system: ChatSystem, n: int, established: int, log: Path) -> dict[s
                 counts.last_presence = time.monotonic()
             if mine is not None and "probe:" in line:
                 key = line.split("probe:", 1)[1].split('"', 1)[0]
-                sent = mine.pop(key, None)
-                if sent is not None:
-                    rtts.append(time.perf_counter() - sent)
+                at = mine.pop(key, None)
+                if at is not None:
+                    rtts.append(time.perf_counter() - at)
 
         return on_line
 
-    async with served(system, users(n, established), Options(), log) as server:
-        try:
+    people = users(n, established)
+    async with (
+        chat.served(system, people, chat.Options(), log) as server,
+        chat.Clients(server) as clients,
+    ):
+        dialect = clients.dialect
+        steady = [await clients.open(n + i, reader(probes)) for i in range(1, established + 1)]
+        await asyncio.sleep(1.0)
+        stop = asyncio.Event()
 
-            async def open_one(user_id: int, mine: dict[str, float] | None = None) -> Any:
-                ws, early = await dialect.open(server, user_id)
-                socks.append(ws)
-                tasks.append(asyncio.create_task(read(ws, dialect, early, reader(mine))))
-                return ws
+        async def probe(ws: Any, i: int) -> None:
+            nonlocal sent
+            k = 0
+            while not stop.is_set():
+                key = f"{i}.{k}"
+                k += 1
+                probes[key] = time.perf_counter()
+                sent += 1
+                try:
+                    await ws.send(dialect.group("est", f"probe:{key}"))
+                except Exception:
+                    return
+                await asyncio.sleep(1 / PROBE_RATE)
 
-            steady = [await open_one(n + i, probes) for i in range(1, established + 1)]
-            await asyncio.sleep(1.0)
-            stop = asyncio.Event()
-
-            async def probe(ws: Any, i: int) -> None:
-                nonlocal sent
-                k = 0
-                while not stop.is_set():
-                    key = f"{i}.{k}"
-                    k += 1
-                    probes[key] = time.perf_counter()
-                    sent += 1
-                    try:
-                        await ws.send(dialect.group("est", f"probe:{key}"))
-                    except Exception:
-                        return
-                    await asyncio.sleep(1 / PROBE_RATE)
-
-            probing = [asyncio.create_task(probe(ws, i)) for i, ws in enumerate(steady)]
-            await asyncio.sleep(0.5)
-            rtts.clear()  # only what the storm does counts
-            base_presence = counts.presence
-            cpu0, t0 = cpu_ns(server.proc.pid), time.perf_counter()
-            results = await asyncio.gather(
-                *(open_one(i) for i in range(1, n + 1)), return_exceptions=True
-            )
-            t_all = time.perf_counter() - t0
-            failed = sum(isinstance(r, BaseException) for r in results)
-            settle_until = time.monotonic() + SETTLE_MAX
-            while time.monotonic() < settle_until:
-                await asyncio.sleep(0.2)
-                if time.monotonic() - counts.last_presence >= QUIET:
-                    break
-            cpu = cpu_ns(server.proc.pid) - cpu0
-            stop.set()
-            await asyncio.gather(*probing)
-            for _ in range(int(PROBE_GRACE * 10)):
-                if not probes:
-                    break
-                await asyncio.sleep(0.1)
-            ordered = sorted(rtts)
-            return {
-                "system": system.name,
-                "n": n,
-                "connected": n - failed,
-                "time_to_all_s": round(t_all, 3),
-                "cpu_per_handshake_us": round(cpu / 1000 / max(1, n - failed), 1),
-                "presence_frames": counts.presence - base_presence,
-                "probe_p50_ms": round(percentile_ms(ordered, 0.5), 1),
-                "probe_p99_ms": round(percentile_ms(ordered, 0.99), 1),
-                "probes": sent,
-                "probes_lost": len(probes),
-            }
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*(ws.close() for ws in socks), return_exceptions=True)
+        probing = [asyncio.create_task(probe(ws, i)) for i, ws in enumerate(steady)]
+        await asyncio.sleep(0.5)
+        rtts.clear()  # only what the storm does counts
+        base_presence = counts.presence
+        cpu0, t0 = cpu_ns(server.proc.pid), time.perf_counter()
+        results = await asyncio.gather(
+            *(clients.open(i, reader(None)) for i in range(1, n + 1)), return_exceptions=True
+        )
+        t_all = time.perf_counter() - t0
+        failed = sum(isinstance(r, BaseException) for r in results)
+        settle_until = time.monotonic() + SETTLE_MAX
+        while time.monotonic() < settle_until:
+            await asyncio.sleep(0.2)
+            if time.monotonic() - counts.last_presence >= QUIET:
+                break
+        cpu = cpu_ns(server.proc.pid) - cpu0
+        stop.set()
+        await asyncio.gather(*probing)
+        for _ in range(int(PROBE_GRACE * 10)):
+            if not probes:
+                break
+            await asyncio.sleep(0.1)
+        ordered = sorted(rtts)
+        return {
+            "system": system.name,
+            "n": n,
+            "connected": n - failed,
+            "time_to_all_s": round(t_all, 3),
+            "cpu_per_handshake_us": round(cpu / 1000 / max(1, n - failed), 1),
+            "presence_frames": counts.presence - base_presence,
+            "probe_p50_ms": round(chat.percentile_ms(ordered, 0.5), 1),
+            "probe_p99_ms": round(chat.percentile_ms(ordered, 0.99), 1),
+            "probes": sent,
+            "probes_lost": len(probes),
+        }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -187,10 +169,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     log = Path("/tmp/benchmarks-storm.log")
-    rows = run_rows(
+    rows = chat.run_rows(
         [
             (system, {"n": args.n}, partial(run, system, args.n, args.established, log))
-            for system in choose(args.systems, SYSTEMS + OTHERS)
+            for system in chat.choose(args.systems, SYSTEMS + OTHERS)
         ],
         args.json,
     )
