@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 
 from .plan import Plan
 from .results import SystemResult
-from .targets import Target
+from .systems import variant
+from .targets import SERVER_RAW_RATIO, Target, burst_figure
 
 NA = "—"
 Results = dict[str, SystemResult]
@@ -75,10 +76,21 @@ def summary(results: Results, plan: Plan) -> str:
     return table(header, rows)
 
 
-def bursts(results: Results, plan: Plan) -> str:
+#: How ``--servers`` runs each server (RESULTS.md's workload settings).
+SERVER_SETTINGS = (
+    "one worker each, on uvloop: uvicorn-websockets-sansio and uvicorn-wsproto are uvicorn "
+    "(httptools) with that WebSocket implementation, hypercorn its asyncio worker, granian its "
+    "ASGI interface as an embedded server (the worker in the server process); "
+    "asgi_groups.servers' options (listening socket with TCP_USER_TIMEOUT, frame limit where "
+    "the server has one), keepalive pings off"
+)
+
+
+def bursts(results: Results, plan: Plan, native: SystemResult | None = None) -> str:
+    """Every burst of ``results``; ratios against ``native`` (default: the one in ``results``)."""
+    native = native or results.get("native")
     rows = []
     for n in plan.burst_ns:
-        native = results.get("native")
         limit = native.burst(n) if native else None
         for r in results.values():
             b = r.burst(n)
@@ -169,6 +181,59 @@ def memory(results: Results) -> str:
     return table([*header, "bytes/connection", "vs raw ASGI"], rows)
 
 
+def servers(results: Results, matrix: Results, names: Sequence[str], plan: Plan) -> str:
+    """The server matrix: per server and N, raw ASGI loop and asgi_groups CPU per delivery, their
+    ratio, each against the native limit of the same run; then the recommended server."""
+    coalesce = any(r.name.startswith("asgi_groups-coalesce@") for r in matrix.values())
+    rows = []
+    for n in plan.burst_ns:
+        native = burst_figure(results, "native", n)
+        for server in names:
+            raw = burst_figure(matrix, variant("raw-asgi", server), n)
+            mine = burst_figure(matrix, variant("asgi_groups", server), n)
+            row = [server, f"{n:,}", num(native, ".2f"), num(raw, ".2f"), num(mine, ".2f")]
+            row += [ratio(mine, raw), ratio(raw, native), ratio(mine, native)]
+            if coalesce:
+                merged = burst_figure(matrix, variant("asgi_groups-coalesce", server), n)
+                row += [num(merged, ".2f"), ratio(merged, native)]
+            rows.append(row)
+    header = ["server", "N", "native µs/delivery", "raw ASGI µs/delivery"]
+    header += ["asgi_groups µs/delivery", f"asgi_groups / raw (≤ {SERVER_RAW_RATIO:.2f}x)"]
+    header += ["raw vs native", "asgi_groups vs native"]
+    if coalesce:
+        header += ["coalesce=16 µs/delivery", "coalesce vs native"]
+    return table(header, rows) + "\n\n" + recommended(results, matrix, names, max(plan.burst_ns))
+
+
+def recommended(results: Results, matrix: Results, names: Sequence[str], n: int) -> str:
+    """The server with the lowest asgi_groups CPU per delivery at ``n``."""
+    measured = [
+        (us, server)
+        for server in names
+        if (us := burst_figure(matrix, variant("asgi_groups", server), n)) is not None
+    ]
+    if not measured:
+        return f"Recommended server: none measured at N={n:,}."
+    us, server = min(measured)
+    native = burst_figure(results, "native", n)
+    return (
+        f"Recommended server: **{server}** (lowest asgi_groups CPU per delivery at N={n:,}): "
+        f"{us:.2f} µs/delivery, {ratio(us, native)} the native limit ({num(native, '.2f')} µs)."
+    )
+
+
+def server_parts(results: Results, matrix: Results, names: Sequence[str], plan: Plan) -> list[str]:
+    """The "Servers" section: the matrix, then each of its bursts in full."""
+    return [
+        "## Servers",
+        "The burst workload of the raw ASGI loop and asgi_groups under each ASGI server, "
+        "in the same run; native is the no-ASGI limit above (picows).",
+        servers(results, matrix, names, plan),
+        "### Bursts per server",
+        bursts(matrix, plan, native=results.get("native")),
+    ]
+
+
 def targets(items: list[Target]) -> str:
     return table(
         ["target", "goal", "measured", "result"],
@@ -193,8 +258,12 @@ def render(
     versions: dict[str, str],
     settings: dict[str, str],
     seconds: float,
+    matrix: Results | None = None,
+    server_names: Sequence[str] = (),
 ) -> str:
+    """RESULTS.md; ``matrix``/``server_names``: the ``--servers`` results (a "Servers" section)."""
     mode = "quick" if plan.quick else "full"
+    matrix = matrix or {}
     setup = [
         f"- bursts: N = {', '.join(f'{n:,}' for n in plan.burst_ns)} connections, M = "
         f"{plan.burst_m} messages of {plan.size} B (fewer when a system would exceed "
@@ -221,6 +290,7 @@ def render(
         targets(items),
         "## Bursts",
         bursts(results, plan),
+        *(server_parts(results, matrix, server_names, plan) if server_names else []),
         "## Steady latency",
         latency(results),
         "## Slow reader",
@@ -228,7 +298,7 @@ def render(
         "## Memory",
         memory(results),
         "## Failures, skips and notes",
-        problems(results),
+        problems({**results, **matrix}),
         "![server CPU per delivery](fanout.png)",
     ]
     return "\n\n".join(parts) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 from dataclasses import dataclass
@@ -132,6 +133,55 @@ def select(names: str | None, *, coalesce: bool = False) -> list[System]:
         if coalesce and BY_NAME["asgi_groups-coalesce"] not in chosen:
             chosen.append(BY_NAME["asgi_groups-coalesce"])
     return chosen
+
+
+#: ASGI servers of the server matrix (``--servers``): the packages each needs. ``uvicorn-<ws>``
+#: is uvicorn with that WebSocket implementation (its ``--ws``).
+SERVERS: dict[str, tuple[str, ...]] = {
+    "uvicorn-websockets-sansio": ("uvicorn", "websockets"),
+    "uvicorn-wsproto": ("uvicorn", "wsproto"),
+    "hypercorn": ("hypercorn",),
+    "granian": ("granian",),
+}
+#: The systems the server matrix runs under every server (``asgi_groups-coalesce`` too with
+#: ``--coalesce``).
+MATRIX_SYSTEMS = ("raw-asgi", "asgi_groups")
+
+
+def parse_servers(text: str) -> tuple[str, ...]:
+    """Server names from ``"a,b,…"`` (``"all"``: every one of :data:`SERVERS`)."""
+    if text == "all":
+        return tuple(SERVERS)
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in SERVERS]
+    if not names or unknown:
+        raise ValueError(f"choose from {', '.join(SERVERS)} (or all)")
+    return names
+
+
+def variant(name: str, server: str) -> str:
+    """The name of system ``name`` under ``server`` in the server matrix' results."""
+    return f"{name}@{server}"
+
+
+def on_server(name: str, server: str) -> System:
+    """System ``name`` served by ``server`` instead of the shared uvicorn: named ``name@server``,
+    which ``benchmarks.serve`` understands."""
+    system = BY_NAME[name]
+    return dataclasses.replace(
+        system,
+        name=variant(name, server),
+        label=f"{system.label} on {server}",
+        server=f"{system.server}@{server}",
+        needs=(*system.needs, *SERVERS[server]),
+        opt_in=True,
+    )
+
+
+def matrix(servers: tuple[str, ...], *, coalesce: bool) -> list[System]:
+    """Per server, in turn: the raw ASGI loop, asgi_groups (and its coalescing mode)."""
+    names = (*MATRIX_SYSTEMS, "asgi_groups-coalesce") if coalesce else MATRIX_SYSTEMS
+    return [on_server(name, server) for server in servers for name in names]
 
 
 def unavailable(system: System, redis_binary: str) -> str | None:

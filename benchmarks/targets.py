@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .results import SystemResult
+from .systems import variant
 
 Results = dict[str, SystemResult]
 NA = "—"
@@ -26,7 +27,8 @@ class Target:
         return {True: "met", False: "missed", None: "not measured"}[self.met]
 
 
-def _burst(results: Results, name: str, n: int, attr: str) -> float | None:
+def burst_figure(results: Results, name: str, n: int, attr: str = "server_us") -> float | None:
+    """A figure of ``name``'s burst at ``n`` (None when not run or incomplete)."""
     r = results.get(name)
     b = r.burst(n) if r is not None else None
     # a burst that never completed has no meaningful cost per delivery
@@ -47,11 +49,11 @@ def _peer_factor(results: Results, n: int, family: str, label: str, factor: floa
     """The best peer of ``family`` must spend ``factor`` times asgi_groups' CPU per delivery."""
     name = f"burst N={n}: {label} (best) CPU/delivery vs asgi_groups"
     goal = f"≥ {factor:g}x"
-    mine = _burst(results, "asgi_groups", n, "server_us")
+    mine = burst_figure(results, "asgi_groups", n, "server_us")
     peers = [
         (r.label, v)
         for r in results.values()
-        if r.family == family and (v := _burst(results, r.name, n, "server_us")) is not None
+        if r.family == family and (v := burst_figure(results, r.name, n, "server_us")) is not None
     ]
     if mine is None or mine <= 0 or not peers:
         return Target(name, goal, NA, None)
@@ -61,13 +63,13 @@ def _peer_factor(results: Results, n: int, family: str, label: str, factor: floa
 
 
 def burst_targets(results: Results, n: int) -> list[Target]:
-    native_us = _burst(results, "native", n, "server_us")
-    native_rate = _burst(results, "native", n, "deliveries_per_s")
+    native_us = burst_figure(results, "native", n, "server_us")
+    native_rate = burst_figure(results, "native", n, "deliveries_per_s")
     return [
         _ratio(
             f"burst N={n}: asgi_groups server CPU/delivery vs no-ASGI limit",
             "≤ 1.15x",
-            _burst(results, "asgi_groups", n, "server_us"),
+            burst_figure(results, "asgi_groups", n, "server_us"),
             native_us,
             1.15,
             le=True,
@@ -75,15 +77,15 @@ def burst_targets(results: Results, n: int) -> list[Target]:
         _ratio(
             f"burst N={n}: asgi_groups server CPU/delivery vs raw ASGI send loop",
             "≤ 1.05x",
-            _burst(results, "asgi_groups", n, "server_us"),
-            _burst(results, "raw-asgi", n, "server_us"),
+            burst_figure(results, "asgi_groups", n, "server_us"),
+            burst_figure(results, "raw-asgi", n, "server_us"),
             1.05,
             le=True,
         ),
         _ratio(
             f"burst N={n}: asgi_groups deliveries/s vs no-ASGI limit",
             "≥ 0.85x",
-            _burst(results, "asgi_groups", n, "deliveries_per_s"),
+            burst_figure(results, "asgi_groups", n, "deliveries_per_s"),
             native_rate,
             0.85,
             le=False,
@@ -91,7 +93,7 @@ def burst_targets(results: Results, n: int) -> list[Target]:
         _ratio(
             f"burst N={n}: asgi_groups Redis server CPU/delivery vs no-ASGI limit",
             "≤ 1.3x",
-            _burst(results, "asgi_groups-redis", n, "server_us"),
+            burst_figure(results, "asgi_groups-redis", n, "server_us"),
             native_us,
             1.3,
             le=True,
@@ -145,10 +147,37 @@ def slow_target(results: Results) -> Target:
     return Target(name, goal, f"{r.slow.ratio:.2f}x", r.slow.ratio >= 0.9)
 
 
-def evaluate(results: Results, burst_ns: tuple[int, ...]) -> list[Target]:
+#: Every server of the matrix: asgi_groups' CPU per delivery over that server's raw ASGI loop.
+SERVER_RAW_RATIO = 1.10
+
+
+def server_targets(matrix: Results, servers: tuple[str, ...], n: int) -> list[Target]:
+    """Per server of ``--servers``: asgi_groups within ``SERVER_RAW_RATIO`` of its raw loop."""
+    return [
+        _ratio(
+            f"burst N={n}: asgi_groups server CPU/delivery vs {server}'s raw ASGI loop",
+            f"≤ {SERVER_RAW_RATIO:.2f}x",
+            burst_figure(matrix, variant("asgi_groups", server), n),
+            burst_figure(matrix, variant("raw-asgi", server), n),
+            SERVER_RAW_RATIO,
+            le=True,
+        )
+        for server in servers
+    ]
+
+
+def evaluate(
+    results: Results,
+    burst_ns: tuple[int, ...],
+    matrix: Results | None = None,
+    servers: tuple[str, ...] = (),
+) -> list[Target]:
+    """Every target; ``matrix``: the results of ``--servers`` (keyed by ``systems.variant``)."""
     out: list[Target] = []
     for n in burst_ns:
         out.extend(burst_targets(results, n))
     out += [steady_target(results), memory_target(results), external_target(results)]
     out.append(slow_target(results))
+    for n in burst_ns:
+        out.extend(server_targets(matrix or {}, servers, n))
     return out
