@@ -1,7 +1,8 @@
 """The goals asgi_groups is held to, evaluated against a run's results.
 
-Each target compares asgi_groups with the no-ASGI limit, the raw ASGI loop or the best peer;
-a target whose inputs failed or were not run is reported as "not measured", never as met.
+Each target compares asgi_groups with the no-ASGI limit, the raw ASGI loop (also under each
+server of ``--servers``) or the best peer; a target whose inputs failed or were not run is
+reported as "not measured", never as met.
 """
 
 from __future__ import annotations
