@@ -261,6 +261,30 @@ async def test_presence_spans_processes_and_is_fresh_after_join(make: MakeRegist
     assert await b.presence("room") == {"2": 1}
 
 
+async def test_presence_heartbeat_renews_entries_and_rewrites_what_redis_lost(
+    make: MakeRegistry, redis_server: RedisServer
+) -> None:
+    """A heartbeat renews the TTL of this process's entries without rewriting them (a rewrite
+    of thousands of groups stalled the loop), and rewrites them all when one is gone."""
+    a = await make(presence_ttl=300.0)  # the test beats by hand
+    tab, _ = await user(a, 1)
+    await a.join(tab, "room")
+    names = backend(a).names
+    key, alive = names.presence_key("room"), names.process_key()
+    with redis_server.client() as raw:
+        raw.hset(key, "ghost", 9)  # a renewal leaves it; a rewrite would not
+        raw.pexpire(key, 2_000)
+        raw.pexpire(alive, 2_000)
+        await backend(a)._presence.keep_alive()
+        assert raw.hgetall(key) == {"1": "1", "ghost": "9"}
+        assert raw.pttl(key) > 200_000 and raw.pttl(alive) > 200_000
+        raw.delete(key)  # Redis lost it (an eviction, a failover)
+        await backend(a)._presence.keep_alive()
+        assert raw.hgetall(key) == {"1": "1"}
+        assert raw.pttl(key) > 200_000
+    assert await (await make()).presence("room") == {"1": 1}
+
+
 async def test_presence_events_reach_every_process(make: MakeRegistry) -> None:
     a, b = await make(), await make()
     seen_b: list[PresenceEvent] = []

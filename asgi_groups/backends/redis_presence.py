@@ -1,10 +1,11 @@
 """Presence in Redis: write-behind of local counts, heartbeats, pruning, and reading totals.
 
 Each process keeps one hash per group, ``{user_id: connections}``, and a process key, all with
-a TTL of ``presence_ttl``; a heartbeat rewrites them every third of it, so the entries of a
-crashed process expire on their own. A membership change only records the new count (never
-blocks); a writer task sends what accumulated in one MULTI, with the join/leave events.
-While Redis is down nothing is written: reconnecting rewrites everything.
+a TTL of ``presence_ttl``; a heartbeat renews their TTLs every third of it (one script call per
+``REFRESH_BATCH`` keys), so the entries of a crashed process expire on their own. A membership
+change only records the new count (never blocks); a writer task sends what accumulated in one
+MULTI, with the join/leave events. While Redis is down nothing is written: reconnecting
+rewrites everything, and so does a heartbeat after a failed write or that finds an entry gone.
 """
 
 from __future__ import annotations
@@ -25,9 +26,20 @@ from .base import PresenceEvent, Sink
 from .redis_client import NETWORK_ERRORS, Timing
 from .redis_wire import Names, pack_json
 
-__all__ = ["Presence"]
+__all__ = ["REFRESH_BATCH", "Presence"]
 
 logger = logging.getLogger("asgi_groups.redis")
+
+#: Keys whose TTL one heartbeat call renews.
+REFRESH_BATCH = 1000
+#: Renews the TTL (ARGV[1], ms) of every key; returns how many no longer existed.
+_RENEW = """
+local missing = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('pexpire', key, ARGV[1]) == 0 then missing = missing + 1 end
+end
+return missing
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -56,11 +68,15 @@ class Presence:
         self.writer: asyncio.Task[None] | None = None
         self.heartbeat: asyncio.Task[None] | None = None
         self.errors = 0
+        #: The heartbeat must rewrite every entry (the first one, or a write failed since).
+        self.rewrite_needed = True
+        self._renew: Any = None
 
     def open(self, redis: Redis, sink: Sink) -> None:
         self.redis = redis
         self.sink = sink
         self._lock = asyncio.Lock()
+        self._renew = redis.register_script(_RENEW)
 
     def start_heartbeat(self) -> None:
         self.heartbeat = asyncio.get_running_loop().create_task(
@@ -112,6 +128,27 @@ class Presence:
         async with self._lock:
             await self._write(full=True)
 
+    async def keep_alive(self) -> None:
+        """Renew the TTL of this process's entries; rewrite them all when a write failed since
+        the last rewrite or Redis lost one (a renewal costs one call per ``REFRESH_BATCH`` keys,
+        a rewrite one MULTI of three commands per group)."""
+        assert self._lock is not None and self.sink is not None
+        async with self._lock:
+            if not self.rewrite_needed:
+                if self.flushed < self.marked:
+                    await self._write(full=False)  # keys of new members exist before renewal
+                names = self.names
+                keys = [names.process_key()]
+                keys += [names.presence_key(group) for group in self.sink.presence_snapshot()]
+                ttl = self.timing.ttl_ms
+                missing = 0
+                for i in range(0, len(keys), REFRESH_BATCH):
+                    missing += int(await self._renew(keys=keys[i : i + REFRESH_BATCH], args=[ttl]))
+                if not missing:
+                    return
+                logger.info("%d presence entries were gone from Redis; rewriting all", missing)
+            await self._write(full=True)
+
     async def _write(self, *, full: bool) -> None:
         """Write pending changes, or rewrite all of this process's entries (``full``)."""
         generation = self.marked
@@ -137,6 +174,7 @@ class Presence:
                     info = {"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
                     pipe.set(names.process_key(), json.dumps(info), px=ttl)
                     pipe.sadd(names.processes_key, names.process_id)
+                    self.rewrite_needed = False
                 else:
                     touched: set[str] = set()
                     for (group, user_id), count in pending.items():
@@ -154,6 +192,7 @@ class Presence:
                 await pipe.execute()
         except NETWORK_ERRORS as exc:
             self.errors += 1
+            self.rewrite_needed = True
             logger.warning("could not write presence to Redis: %s", exc)
             if full:
                 raise
@@ -161,14 +200,14 @@ class Presence:
             self.flushed = max(self.flushed, generation)
 
     async def _heartbeat_loop(self) -> None:
-        """Every ``presence_ttl / 3``: rewrite this process's presence and prune dead processes."""
+        """Every ``presence_ttl / 3``: keep this process's presence alive, prune dead processes."""
         while True:
             await asyncio.sleep(self.timing.presence_ttl / 3)
             if self.is_down():
                 continue
             try:
                 async with asyncio.timeout(self.timing.attempt_timeout):
-                    await self.rewrite()
+                    await self.keep_alive()
                     await self._prune_processes()
             except (*NETWORK_ERRORS, TimeoutError) as exc:
                 logger.warning("presence heartbeat failed: %s", exc)
