@@ -371,13 +371,14 @@ class Clients:
     def __init__(self, server: Served) -> None:
         self.server = server
         self.dialect = DIALECTS[server.system.dialect]
-        self.socks: list[Any] = []
+        #: The open sockets by user id (the order of opening is not the order of the ids).
+        self.socks: dict[int, Any] = {}
         self.readers: list[asyncio.Task[None]] = []
 
     async def open(self, user_id: int, on_line: Callable[[str], None]) -> Any:
         """A socket logged in as ``user_id``; every message it receives goes to ``on_line``."""
         ws, early = await self.dialect.open(self.server, user_id)
-        self.socks.append(ws)
+        self.socks[user_id] = ws
         self.readers.append(asyncio.create_task(read(ws, self.dialect, early, on_line)))
         return ws
 
@@ -387,7 +388,7 @@ class Clients:
     async def __aexit__(self, *exc: object) -> None:
         for task in self.readers:
             task.cancel()
-        await asyncio.gather(*(ws.close() for ws in self.socks), return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in self.socks.values()), return_exceptions=True)
 
 
 def main() -> None:

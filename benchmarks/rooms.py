@@ -99,7 +99,7 @@ async def run(
                 members = 1
                 body = dialect.direct(f"u{target + 1}", f"m:{key}")
             expected[key] = (time.perf_counter(), members)
-            await clients.socks[sender].send(body)
+            await clients.socks[sender + 1].send(body)  # user ids start at 1
             delay = t0 + (k + 1) / args.rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)

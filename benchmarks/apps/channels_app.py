@@ -15,6 +15,10 @@ from .. import protocol
 #: redis-py's pool holds 100 connections and raises ``MaxConnectionsError`` beyond; a few
 #: hundred consumers connecting or leaving at once exceed that, so the pool is enlarged.
 POOL_SIZE = 2000
+#: redis-py 8 reads with a 5 s ``socket_timeout`` by default, which aborts RedisChannelLayer's
+#: blocking ``BZPOPMIN`` (``TimeoutError`` in every idle consumer's receive, the consumer torn
+#: down): the fix its users apply is no client-side timeout (django/channels_redis#422).
+HOST_OPTIONS: dict[str, Any] = {"max_connections": POOL_SIZE, "socket_timeout": None}
 
 LAYERS = {
     "memory": "channels.layers.InMemoryChannelLayer",
@@ -33,7 +37,7 @@ def configure(layer: str, redis_url: str | None, **extra: Any) -> None:
         return
     backend: dict[str, Any] = {"BACKEND": LAYERS[layer]}
     if layer != "memory":
-        backend["CONFIG"] = {"hosts": [{"address": redis_url, "max_connections": POOL_SIZE}]}
+        backend["CONFIG"] = {"hosts": [{"address": redis_url, **HOST_OPTIONS}]}
     defaults: dict[str, Any] = {
         "DEBUG": False,
         "SECRET_KEY": "benchmark",
