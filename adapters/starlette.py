@@ -113,6 +113,7 @@ def lifespan(
         async with composed(app) as state:
             yield state
 
+    setattr(run, STATE_KEY, registry)  # found by current_registry on a server without lifespan
     return run
 
 
@@ -167,13 +168,36 @@ def current_user(websocket: HTTPConnection) -> UserLike:
 
 
 def current_registry(conn: HTTPConnection) -> Registry:
-    """The registry: from the socket's scope, else from ``app.state`` (HTTP handlers)."""
+    """The registry: from the socket's scope, else from ``app.state`` (HTTP handlers).
+
+    On a server that runs no lifespan, ``app.state`` is filled on first use from the app's
+    ``lifespan(registry)`` or its ``GroupsMiddleware``; the registry starts on its first use.
+    """
     registry = conn.scope.get(REGISTRY_KEY)
     if registry is None:
-        registry = getattr(conn.app.state, STATE_KEY, None)
+        app = conn.app
+        registry = getattr(app.state, STATE_KEY, None)
+        if registry is None:
+            registry = _declared_registry(app)
+            if registry is not None:
+                setattr(app.state, STATE_KEY, registry)
     if not isinstance(registry, Registry):
         raise RuntimeError("no registry: use install(app, ...) or lifespan(registry)")
     return registry
+
+
+def _declared_registry(app: Starlette) -> Registry | None:
+    """The registry of ``app``'s ``lifespan(registry)``, else of its ``GroupsMiddleware``."""
+    registry = getattr(app.router.lifespan_context, STATE_KEY, None)
+    if isinstance(registry, Registry):
+        return registry
+    for middleware in app.user_middleware:
+        if middleware.cls is GroupsMiddleware:  # type: ignore[comparison-overlap]
+            args = middleware.args
+            found = middleware.kwargs.get("registry", args[0] if args else None)
+            if isinstance(found, Registry):
+                return found
+    return None
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import codes
-from .backends import Backend, backend_from_url
+from .backends import Backend, MemoryBackend, backend_from_url
 from .backends.base import HistoryUnavailable, PresenceEvent
 from .channels import BROADCAST, MAX_GROUP_NAME, group_channel, user_channel, user_key
 from .connection import NOT_OPEN, Connection
@@ -49,6 +49,7 @@ __all__ = [
     "MAX_GROUP_NAME",
     "Attachment",
     "Companion",
+    "LoopClosed",
     "PresenceCallback",
     "PresenceEvent",
     "Registry",
@@ -64,6 +65,11 @@ MissedHandler = Callable[[Connection, str], None]
 PresenceCallback = Callable[[PresenceEvent], Awaitable[None] | None]
 
 _SYNC_LOCK = threading.Lock()
+
+
+class LoopClosed(RegistryClosed):
+    """The registry ran on an event loop that has closed, and its backend (an instance given
+    to it, not a URL) cannot be made again on the current loop."""
 
 
 class Companion(Protocol):
@@ -160,7 +166,12 @@ class Registry:
         self.router: Router[Connection] = Router()
         self.limits = limits
         self.max_message_size = max_message_size
-        self.backend = backend if backend is not None else backend_from_url(url, **backend_options)
+        #: Makes the backend again on another loop (None: an instance was given, see ``start``).
+        self._make_backend: Callable[[], Backend] | None = None
+        if backend is None:
+            self._make_backend = functools.partial(backend_from_url, url, **backend_options)
+            backend = self._make_backend()
+        self.backend = backend
         self.backend.bind(_Local(self))
         self.history = history
         self._history_for = history_for
@@ -171,6 +182,12 @@ class Registry:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: SyncRegistry | None = None
         self._started = False
+        #: Set by ``close()``, cleared by ``start()``: a closed registry does not start on use.
+        self._closed = False
+        #: Serialises starts on one loop (the loop it belongs to, and the lock).
+        self._start_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        #: Companions left running on a loop that has closed: closed again before a start.
+        self._stale_companions = False
         self._messages_sent = 0
         self._deliveries = 0
         self._dropped = 0  # by connections that have left
@@ -212,14 +229,97 @@ class Registry:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._started:
+        """Start the backend, then the companions, on the running loop (idempotent).
+
+        Nothing needs to call it: a send, ``presence``, ``disconnect_user``, ``connect`` and
+        the other operations start a registry that was never started, on the loop that calls
+        them, once however many call at once (a server without lifespan: daphne, uvicorn
+        ``--lifespan off``; a script). A registry stopped by :meth:`close` stays closed
+        (they raise ``RegistryClosed``) until ``start()`` is called again.
+
+        A registry whose loop has closed (one event loop per test, ``asyncio.run`` twice)
+        starts afresh on the running loop: what belonged to the old loop (its connections,
+        tasks, backend connections) is dropped without touching that loop, with one warning.
+        A backend made from the URL is made again; a ``MemoryBackend`` is kept (its history
+        too); another backend instance cannot be, and ``LoopClosed`` says what to do.
+        """
+        loop = asyncio.get_running_loop()
+        if self._started and self._loop is loop:
+            self._closed = False
             return
-        self._loop = asyncio.get_running_loop()
-        await self.backend.start()
-        await self.backend.subscribe(BROADCAST)
-        self._started = True
-        for companion in self._companions:
-            await companion.start()
+        if self._start_lock is None or self._start_lock[0] is not loop:
+            self._start_lock = (loop, asyncio.Lock())
+        async with self._start_lock[1]:
+            self._closed = False
+            if self._started and self._loop_closed():
+                self._forget_loop()
+            if self._started:
+                return
+            if self._stale_companions:
+                await self._close_companions()
+            self._loop = loop
+            await self.backend.start()
+            await self.backend.subscribe(BROADCAST)
+            self._started = True
+            for companion in self._companions:
+                await companion.start()
+
+    async def _ready(self) -> None:
+        """Before an operation: start the registry on first use, or afresh when its loop has
+        closed; refuse once :meth:`close` stopped it."""
+        if self._started and self._loop is asyncio.get_running_loop():
+            return
+        if not self.started:
+            if self._closed:
+                raise RegistryClosed(
+                    "the registry is closed: start() it again, or use 'async with Registry()'"
+                )
+            await self.start()
+
+    def _loop_closed(self) -> bool:
+        return self._loop is not None and self._loop.is_closed()
+
+    def _forget_loop(self) -> None:
+        """The loop the registry ran on has closed: drop what belonged to it, awaiting nothing
+        (nothing runs there any more), so that the next start begins afresh."""
+        backend = self.backend
+        if not isinstance(backend, MemoryBackend):
+            if self._make_backend is None:
+                raise LoopClosed(
+                    f"the registry ran on an event loop that has closed, and its backend "
+                    f"({type(backend).__name__}, given as an instance) cannot be made again: "
+                    f"close the registry on its own loop ('async with Registry(...)', or "
+                    f"'await registry.close()' before that loop ends), or give Registry a URL"
+                )
+            backend = self._make_backend()
+            if self.history is not None:
+                backend.keep_history(self.history)
+            if self._presence_callbacks:
+                backend.watch_presence()
+        logger.warning(
+            "the event loop this registry ran on has closed: its %d connections and %d tasks "
+            "there are dropped, and it starts afresh on the current loop",
+            len(self.router),
+            len(self._tasks),
+        )
+        self._tasks.clear()
+        for stale in (self._missed_handlers, self._told, self._holding, self._timed):
+            stale.clear()
+        self.router = Router()
+        self._groups_of = self.router.groups_of
+        self.backend = backend
+        backend.bind(_Local(self))
+        self._started = False
+        self._stale_companions = bool(self._companions)
+
+    async def _close_companions(self) -> None:
+        """Close the companions, newest first (their own errors logged, not raised)."""
+        self._stale_companions = False
+        for companion in reversed(self._companions):
+            try:
+                await companion.close()
+            except Exception:
+                logger.exception("companion %r failed to close", companion)
 
     def add_companion(self, companion: Companion) -> Companion:
         """Start ``companion`` whenever this registry starts and close it first when it closes.
@@ -234,15 +334,23 @@ class Registry:
 
     async def close(self) -> None:
         """Close the companions, every local connection (1012, the server is going away) and
-        the backend."""
+        the backend.
+
+        After it, operations raise ``RegistryClosed`` until :meth:`start` is called again.
+        A registry whose loop has closed is dropped as :meth:`start` says, without touching it.
+        """
+        self._closed = True
+        if self._started and self._loop_closed():
+            try:
+                self._forget_loop()
+            except LoopClosed:
+                return  # nothing of it can be closed from this loop; a start says what to do
         if not self._started:
+            if self._stale_companions:
+                await self._close_companions()
             return
         self._started = False
-        for companion in reversed(self._companions):
-            try:
-                await companion.close()
-            except Exception:
-                logger.exception("companion %r failed to close", companion)
+        await self._close_companions()
         for conn in list(self.router.members()):
             conn.close(codes.SERVICE_RESTART, "server shutting down")
         await self.backend.close()
@@ -254,7 +362,8 @@ class Registry:
 
     @property
     def started(self) -> bool:
-        return self._started
+        """True while it runs, on a loop that is not closed."""
+        return self._started and not self._loop_closed()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -295,7 +404,7 @@ class Registry:
         The caller owns the socket and calls ``conn.finish()`` when it is done; prefer
         :meth:`attached`, which does that.
         """
-        self._require_started()
+        await self._ready()
         conn = Connection(
             send,
             user,
@@ -442,7 +551,8 @@ class Registry:
     async def _publish(
         self, channel: str, message: Any, exclude: Exclude, history: bool = True
     ) -> Position | None:
-        self._require_started()
+        if not self._started or self._loop is not asyncio.get_running_loop():
+            await self._ready()
         frame = self.frame(message)
         exclude_id = exclude.id if isinstance(exclude, Connection) else exclude
         sampled = not self._messages_sent & LATENCY_SAMPLE_MASK
@@ -535,13 +645,13 @@ class Registry:
         ``HistoryUnavailable`` when the channel keeps no history. The caller decides who may
         ask about which channel (a recoverable view: only its connection's channels).
         """
-        self._require_started()
+        await self._ready()
         self._require_history(channel)
         return await self.backend.recover(channel, position)
 
     async def recent(self, channel: str, limit: int) -> tuple[Position, list[Entry]]:
         """The newest position of ``channel`` and up to ``limit`` newest kept messages."""
-        self._require_started()
+        await self._ready()
         self._require_history(channel)
         return await self.backend.latest(channel, limit)
 
@@ -554,6 +664,7 @@ class Registry:
     async def presence(self, group: str) -> dict[str, int]:
         """``{user_id: connections}`` of the users in ``group``, over every process."""
         group_channel(group)
+        await self._ready()
         return await self.backend.presence(group)
 
     async def disconnect_user(
@@ -566,7 +677,7 @@ class Registry:
         here and goes out when it is back, and a process that missed it (partitioned) applies
         it when it reconnects. It never raises for the backend's sake: a logout always holds.
         """
-        self._require_started()
+        await self._ready()
         key = user_key(user_id)
         args = {
             "user_id": key,
@@ -588,14 +699,14 @@ class Registry:
 
     async def join_user(self, user_id: object, group: str) -> None:
         """Put every connection of ``user_id``, in every process, in ``group``."""
-        self._require_started()
         group_channel(group)
+        await self._ready()
         await self.backend.control("join_user", {"user_id": user_key(user_id), "group": group})
 
     async def leave_user(self, user_id: object, group: str) -> None:
         """Take every connection of ``user_id``, in every process, out of ``group``."""
-        self._require_started()
         group_channel(group)
+        await self._ready()
         await self.backend.control("leave_user", {"user_id": user_key(user_id), "group": group})
 
     def _apply_control(self, op: str, args: dict[str, Any]) -> None:
@@ -867,10 +978,6 @@ class Registry:
             missed_told=self._missed_told,
             missed_recovered=self._missed_recovered,
         )
-
-    def _require_started(self) -> None:
-        if not self._started:
-            raise RegistryClosed("the registry is not started: use 'async with Registry()'")
 
     def __repr__(self) -> str:
         return f"<Registry {self.url} connections={len(self.router)}>"

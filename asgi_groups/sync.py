@@ -2,9 +2,10 @@
 
 ``registry.sync.send_group("boys", "hi")`` runs the coroutine on the loop the registry was
 started on, when that loop runs in another thread (a server's loop, seen from a worker thread
-or an asgiref ``sync_to_async`` thread). With no such loop, as in a plain script, the registry
-is started on one private background loop thread that every later call reuses: one connection
-pool, however many calls.
+or an asgiref ``sync_to_async`` thread). With no such loop, as in a plain script, or when the
+loop it ran on has closed, the registry is started on one private background loop thread that
+every later call reuses: one connection pool, however many calls. A registry stopped by its
+``close()`` stays closed here too (``RegistryClosed``) until it is started again.
 """
 
 from __future__ import annotations
@@ -110,15 +111,15 @@ class SyncRegistry:
         registry = self.registry
         loop = registry.loop
         if registry.started and loop is not None:
-            if loop.is_closed() or not loop.is_running():
+            if not loop.is_running():
                 raise RegistryClosed("the registry's event loop is not running")
             return loop
         with self._lock:
             if self._loop is None:
                 self._start_thread()
             assert self._loop is not None
-            if not registry.started:
-                self._wait(asyncio.run_coroutine_threadsafe(registry.start(), self._loop))
+            if not registry.started:  # never started, or its loop has closed: start it here
+                self._wait(asyncio.run_coroutine_threadsafe(registry._ready(), self._loop))
             return self._loop
 
     def _start_thread(self) -> None:

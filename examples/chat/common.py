@@ -44,6 +44,7 @@ __all__ = [
     "WS_PATH",
     "ChatConfig",
     "ChatView",
+    "PreparedStore",
     "SeedUser",
     "StoreDirectory",
     "amqp_source",
@@ -187,6 +188,38 @@ async def prepare_store(store: SqlUserStore, users: tuple[SeedUser, ...] = SEED_
             await store.create_user(
                 user.username, user.password, first_name=user.first_name, groups=[user.group]
             )
+
+
+class PreparedStore:
+    """``prepare_store`` once per app: awaited by the app's lifespan, and by ``gate`` in front
+    of every request and socket, so that a server without lifespan (daphne, uvicorn
+    ``--lifespan off``) prepares the store on the first request instead of failing it."""
+
+    def __init__(self, store: SqlUserStore) -> None:
+        self.store = store
+        self.done = False
+        self._lock: asyncio.Lock | None = None
+
+    async def __call__(self) -> None:
+        """Prepare the store unless done; concurrent first calls wait for one preparation."""
+        if self.done:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self.done:
+                await prepare_store(self.store)
+                self.done = True
+
+    def gate(self, app: ASGIApp) -> ASGIApp:
+        """``app`` behind the preparation (an ASGI middleware; lifespan passes straight on)."""
+
+        async def gated(scope: Scope, receive: Receive, send: Send) -> None:
+            if not self.done and scope["type"] != "lifespan":
+                await self()
+            await app(scope, receive, send)
+
+        return gated
 
 
 def session_for(user: AuthUser) -> dict[str, Any]:

@@ -23,12 +23,12 @@ from examples.chat.common import (
     SESSION_KEY,
     WS_PATH,
     ChatConfig,
+    PreparedStore,
     amqp_source,
     chat_view,
     check_login,
     log_out,
     page,
-    prepare_store,
     session_for,
 )
 
@@ -39,10 +39,11 @@ def create_app(config: ChatConfig | None = None) -> FastAPI:
     store = config.store()
     registry = config.registry()
     amqp_source(config, registry, store)  # when CHAT_AMQP_URL is set
+    prepared = PreparedStore(store)  # by the lifespan, else by the first request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await prepare_store(store)
+        await prepared()
         yield
         await store.close()
 
@@ -85,6 +86,7 @@ def create_app(config: ChatConfig | None = None) -> FastAPI:
         revalidate_every=config.revalidate_every,
     )
     add_view(app, WS_PATH, chat_view(store))
+    app.add_middleware(prepared.gate)  # outermost: before GroupsMiddleware loads a user
     return app
 
 

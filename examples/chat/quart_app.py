@@ -20,11 +20,11 @@ from examples.chat.common import (
     WS_PATH,
     ChatConfig,
     ChatView,
+    PreparedStore,
     amqp_source,
     check_login,
     log_out,
     page,
-    prepare_store,
     session_for,
     with_client_script,
 )
@@ -36,12 +36,13 @@ def create_app(config: ChatConfig | None = None) -> Quart:
     store = config.store()
     registry = config.registry()
     amqp_source(config, registry, store)  # when CHAT_AMQP_URL is set
+    prepared = PreparedStore(store)  # by the lifespan, else by the first request
     app = Quart(__name__)
     app.config["SECRET_KEY"] = config.secret_key
 
     @app.before_serving
     async def open_store() -> None:
-        await prepare_store(store)
+        await prepared()
 
     @app.after_serving
     async def close_store() -> None:
@@ -81,7 +82,8 @@ def create_app(config: ChatConfig | None = None) -> Quart:
         views={WS_PATH: ChatView.as_asgi(store=store)},
     )
     served = with_client_script(cast(ASGIApp, app.asgi_app))
-    app.asgi_app = with_routes(served, operations_routes(registry))  # type: ignore[method-assign,assignment]
+    routed = with_routes(served, operations_routes(registry))
+    app.asgi_app = prepared.gate(routed)  # type: ignore[method-assign,assignment]
     return app
 
 

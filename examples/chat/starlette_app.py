@@ -29,11 +29,11 @@ from examples.chat.common import (
     WS_PATH,
     ChatConfig,
     ChatView,
+    PreparedStore,
     amqp_source,
     check_login,
     log_out,
     page,
-    prepare_store,
     session_for,
 )
 
@@ -44,10 +44,11 @@ def create_app(config: ChatConfig | None = None) -> Starlette:
     store = config.store()
     registry = config.registry()
     amqp_source(config, registry, store)  # when CHAT_AMQP_URL is set
+    prepared = PreparedStore(store)  # by the lifespan, else by the first request
 
     @contextlib.asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
-        await prepare_store(store)
+        await prepared()
         yield
         await store.close()
 
@@ -83,6 +84,7 @@ def create_app(config: ChatConfig | None = None) -> Starlette:
             *(Route(path, probe) for path, probe in operations_routes(registry).items()),
         ],
         middleware=[
+            Middleware(prepared.gate),
             Middleware(SessionMiddleware, secret_key=config.secret_key),
             Middleware(
                 GroupsMiddleware,
