@@ -19,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from asgi_groups import GroupsMiddleware, Registry, RegistryClosed, SimpleUser, WsView
 from asgi_groups.adapters.starlette import current_registry, lifespan
+from asgi_groups.registry import LoopClosed
 from asgi_groups.testing import WebSocketTestClient
 from tests.support.redis import FAST, Inbox, RedisServer
 
@@ -154,3 +155,24 @@ def test_sync_calls_after_the_loop_closed_use_a_private_loop(
             sync.broadcast("from sync code")
             assert sync.private_loop and registry.started
     assert [r.getMessage()[: len(WARNING)] for r in caplog.records] == [WARNING]
+
+
+@REDIS_LEFTOVERS
+def test_a_backend_instance_on_a_closed_loop_is_refused_with_what_to_do(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    from asgi_groups.backends.redis import RedisBackend
+
+    held = [Registry(backend=RedisBackend(redis_server.url, prefix=prefix, **FAST))]
+
+    async def second() -> None:
+        registry = held[0]
+        with pytest.raises(LoopClosed, match="close the registry on its own loop"):
+            await registry.send_group("boys", "second loop")
+        await registry.close()  # nothing it can close from here: it says nothing
+        with pytest.raises(RegistryClosed):
+            await registry.send_group("boys", "closed")
+
+    run_in_two_loops(held[0], second)
+    held.clear()  # and what the first loop left in its backend is collected here
+    gc.collect()
