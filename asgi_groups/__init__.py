@@ -18,7 +18,7 @@ from .limits import QueueLimits
 from .middleware import GroupsMiddleware
 from .origin import OriginPolicy
 from .recoverable import RecoverableView
-from .registry import PresenceEvent, Registry, Stats
+from .registry import LoopClosed, PresenceEvent, Registry, Stats
 from .request import Request
 from .sync import SyncRegistry
 from .users import ANONYMOUS, AnonymousUser, InMemoryUsers, SimpleUser
@@ -38,6 +38,7 @@ __all__ = [
     "GroupsMiddleware",
     "HistoryLimits",
     "InMemoryUsers",
+    "LoopClosed",
     "MessageTooLarge",
     "OriginPolicy",
     "Position",

@@ -91,11 +91,17 @@ def not_ready(registry: Registry) -> str | None:
 
 def readyz(registry: Registry) -> ASGIApp:
     """Readiness: 200 ``ready`` while ``registry`` is started and its backend is up, else 503
-    with the reason (a Redis outage shows within the backend's health-check interval)."""
+    with the reason (a Redis outage shows within the backend's health-check interval). On a
+    server without lifespan the first probe starts the registry."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        if not registry.started and not registry.closed:  # no lifespan ran: a first use
+            try:
+                await registry.start()
+            except Exception as exc:  # e.g. Redis unreachable: the answer says so
+                logger.info("readiness: the registry cannot start: %s", exc)
         why = not_ready(registry)
         if why is None:
             await _answer(send, 200, b"ready\n", b"text/plain; charset=utf-8")

@@ -366,6 +366,12 @@ class Registry:
         return self._started and not self._loop_closed()
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` stopped it (until :meth:`start`); a registry never started
+        is not closed: its first use starts it."""
+        return self._closed
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the registry was started on (``None`` before the first start)."""
         return self._loop

@@ -220,10 +220,16 @@ async def test_oversized_message_refused_at_sender() -> None:
         assert out.events == []
 
 
-async def test_registry_must_be_started() -> None:
+async def test_first_use_starts_the_registry_and_close_is_final() -> None:
     reg = Registry()
-    with pytest.raises(RegistryClosed):
-        await reg.broadcast("x")
+    conn, out = await tab(reg, 1)  # no start(), no lifespan: the first use starts it
+    assert reg.started and reg.loop is asyncio.get_running_loop()
+    await reg.broadcast("x")
+    await drained(conn)
+    assert out.texts == ["x"]
+    await reg.close()
+    with pytest.raises(RegistryClosed, match="closed"):
+        await reg.broadcast("y")
 
 
 async def test_send_on_closed_connection_raises() -> None:
