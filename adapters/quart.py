@@ -34,7 +34,7 @@ from quart.wrappers import Websocket
 from asgi_groups import codes
 from asgi_groups.connection import Connection
 from asgi_groups.credentials import QuartAuthCookie
-from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware, reject
+from asgi_groups.middleware import CONNECTION_KEY, REGISTRY_KEY, GroupsMiddleware, reject
 from asgi_groups.registry import Registry
 from asgi_groups.request import Request
 from asgi_groups.sessions import QuartSessionCookie
@@ -178,4 +178,5 @@ async def joined(
     user = current_user()
     joining = groups_to_join(user, groups, user_groups=user_groups)
     async with current_registry().attached(asgi_send(ws), user, joining) as conn:
+        cast(dict[str, Any], ws.scope)[CONNECTION_KEY] = conn  # a lapsed credential: 4401
         yield conn

@@ -21,13 +21,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import WebSocketException
+from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from asgi_groups import codes
 from asgi_groups.connection import Connection
-from asgi_groups.middleware import REGISTRY_KEY, GroupsMiddleware, reject
+from asgi_groups.middleware import CONNECTION_KEY, REGISTRY_KEY, GroupsMiddleware, reject
 from asgi_groups.registry import Registry
 from asgi_groups.request import Request
 from asgi_groups.sessions import FOURTEEN_DAYS, StarletteSessionCookie
@@ -138,7 +139,10 @@ async def refuse(websocket: WebSocket, exc: Exception) -> None:
 
 
 def install(app: Starlette, registry: Registry | None = None, **options: Any) -> Registry:
-    """Wrap an existing app in ``GroupsMiddleware`` and run ``registry`` in its lifespan.
+    """Add ``GroupsMiddleware`` to an existing app and run ``registry`` in its lifespan.
+
+    The middleware goes innermost: it sees the user an ``AuthenticationMiddleware`` of the app
+    set, and the session its ``SessionMiddleware`` decoded, whenever those were added.
 
     ``options`` go to ``GroupsMiddleware`` as they are (``sessions``, ``users``, ``auth``,
     ``allowed_origins``, ...); without ``sessions``, an app's ``SessionMiddleware`` cookie is
@@ -147,8 +151,11 @@ def install(app: Starlette, registry: Registry | None = None, **options: Any) ->
     HTTP 403. Call before the app starts serving; returns the registry.
     """
     registry = registry if registry is not None else Registry()
+    if app.middleware_stack is not None:
+        raise RuntimeError("install() before the app starts serving: its middleware is built")
     _check_sessions(app, options)
-    app.add_middleware(GroupsMiddleware, registry=registry, **options)
+    # innermost, so that it sees what the app's own middleware (sessions, authentication) set
+    app.user_middleware.append(Middleware(GroupsMiddleware, registry=registry, **options))
     app.add_exception_handler(LoginRequired, refuse)
     app.router.lifespan_context = compose(registry, app.router.lifespan_context)
     setattr(app.state, STATE_KEY, registry)
@@ -214,4 +221,5 @@ async def joined(
     user = current_user(websocket)
     joining = groups_to_join(user, groups, user_groups=user_groups)
     async with current_registry(websocket).attached(websocket.send, user, joining) as conn:
+        websocket.scope[CONNECTION_KEY] = conn  # so a lapsed credential closes it (4401)
         yield conn

@@ -18,13 +18,13 @@ from typing import Annotated, Any
 import httpx
 import jwt
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, WebSocket
 from fastapi.security import OAuth2PasswordRequestForm
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from asgi_groups import Registry, WsView
-from asgi_groups.adapters.fastapi import add_view, install
+from asgi_groups.adapters.fastapi import add_view, current_user, install, joined
 from asgi_groups.credentials import BearerToken, CookieToken, QueryToken, SubprotocolToken
 from asgi_groups.tokens import JwtVerifier
 from asgi_groups.types import Receive, Scope, Send
@@ -93,6 +93,14 @@ def make_app(clock: Clock) -> tuple[FastAPI, Registry]:
     ]
     registry = install(app, auth=auth, clock=clock, expiry_every=CHECK_EVERY)
     add_view(app, "/ws", WhoAmI)
+
+    @app.websocket("/endpoint")
+    async def endpoint(websocket: WebSocket) -> None:  # a plain endpoint, no view
+        async with joined(websocket) as conn:
+            await conn.send({"user": current_user(websocket).username})
+            async for _ in websocket.iter_text():
+                pass
+
     return app, registry
 
 
@@ -245,5 +253,16 @@ async def test_a_bad_refresh_is_refused_and_the_old_expiry_stands(site: Site) ->
                 "refresh_refused",
             )
         assert "another user" in (await refresh(ws, other, 9))["detail"]
+        site.clock.now += LIFETIME + 1
+        assert await closed_with(ws) == 4401
+
+
+async def test_a_plain_endpoint_is_closed_4401_when_its_token_expires_too(site: Site) -> None:
+    """``joined()`` in an ``@app.websocket`` endpoint: the lapsed token closes it as it closes
+    a view's socket."""
+    token = await site.login("greg")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(f"ws://{site.address}/endpoint", additional_headers=headers) as ws:
+        assert await hello(ws) == {"user": "greg"}
         site.clock.now += LIFETIME + 1
         assert await closed_with(ws) == 4401

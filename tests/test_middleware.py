@@ -13,12 +13,16 @@ from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection
-from starlette.routing import WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
 
+from adapters.starlette import install
 from asgi_groups import GroupsMiddleware, InMemoryUsers, Registry, SimpleUser, WsView, codes
 from asgi_groups.middleware import reject
 from asgi_groups.revalidation import Revalidator, Watched
+from asgi_groups.sessions import StarletteSessionCookie
 from asgi_groups.testing import WebSocketTestClient
 from asgi_groups.types import Message, Receive, Scope, Send, Session, UserLike
 from asgi_groups.users import ANONYMOUS
@@ -63,6 +67,26 @@ async def test_user_set_by_starlette_authentication_is_kept_without_a_loader() -
         async with WebSocketTestClient(app, headers={"x-user": "dora"}) as ws:
             assert await ws.receive_json() == {"user": "dora", "groups": ["explorers"]}
             assert await registry.presence("explorers") == {"7": 1}
+
+
+def test_install_puts_the_middleware_inside_the_apps_session_and_authentication() -> None:
+    """``install`` on an app whose ``AuthenticationMiddleware`` reads its session: the member
+    it sets is the socket's user (outermost, GroupsMiddleware saw neither and refused 403)."""
+    from examples.auth.common import Chat
+    from examples.auth.starlette_auth import SECRET_KEY, SessionBackend, login
+
+    app = Starlette(
+        routes=[Route("/login", login, methods=["POST"]), WebSocketRoute("/ws", Chat.as_asgi())]
+    )
+    app.add_middleware(AuthenticationMiddleware, backend=SessionBackend())
+    app.add_middleware(SessionMiddleware, secret_key=SECRET_KEY)
+    install(app, sessions=StarletteSessionCookie(SECRET_KEY))
+    with TestClient(app) as client:
+        form = {"username": "greg", "password": "greg-password"}
+        assert client.post("/login", data=form).status_code == 204
+        with client.websocket_connect("/ws", headers={"origin": "http://testserver"}) as ws:
+            hello = ws.receive_json()
+    assert (hello["user"], hello["groups"]) == ("greg", ["boys", "staff"])
 
 
 async def test_with_a_loader_the_loader_decides_who_the_user_is() -> None:
