@@ -286,6 +286,8 @@ class _Snapshot(NamedTuple):
     by_name: dict[str, UserRef]
     by_id: dict[str, str]
     groups: frozenset[str]
+    #: ``listing()``, sorted once per snapshot rather than once per socket.
+    listing: tuple[list[str], list[str]]
 
 
 class StoreDirectory:
@@ -316,11 +318,13 @@ class StoreDirectory:
                 return self._snapshot  # refreshed while we waited
             users = [u for u in await self.store.list_users() if u.is_active]
             groups = await self.store.list_groups()
+            names = frozenset(g.name for g in groups)
             self._snapshot = _Snapshot(
                 stamp=time.monotonic(),
                 by_name={u.username.casefold(): UserRef(str(u.id), u.username) for u in users},
                 by_id={str(u.id): u.username for u in users},
-                groups=frozenset(g.name for g in groups),
+                groups=names,
+                listing=(sorted(names), sorted((u.username for u in users), key=str.casefold)),
             )
             return self._snapshot
 
@@ -337,8 +341,7 @@ class StoreDirectory:
         return name in (await self._get()).groups or name in (await self._get(missed=True)).groups
 
     async def listing(self) -> tuple[list[str], list[str]]:
-        snap = await self._get()
-        return sorted(snap.groups), sorted(snap.by_id.values(), key=str.casefold)
+        return (await self._get()).listing
 
 
 class ChatView(RecoverableView, MessagingView):
