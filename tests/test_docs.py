@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import inspect
 import io
+import logging
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,11 +82,28 @@ def name(page: Path) -> str:
     return page.relative_to(ROOT).as_posix()
 
 
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """Every logger as it was before: a page may configure logging (the JSON logs recipe
+    stops ``asgi_groups`` propagating), which would blind later tests' ``caplog``."""
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    saved = [
+        (lg, lg.level, lg.handlers[:], lg.filters[:], lg.propagate, lg.disabled) for lg in loggers
+    ]
+    try:
+        yield
+    finally:
+        for g, level, handlers, filters, propagate, disabled in saved:
+            g.setLevel(level)
+            g.handlers[:], g.filters[:] = handlers, filters
+            g.propagate, g.disabled = propagate, disabled
+
+
 def run_page(page: Path, redis_url: str | None) -> None:
     """Run the page's python blocks in order in one namespace; a block with a top-level
     ``await`` runs on the page's event loop."""
     namespace: dict[str, object] = {"__name__": "docs_page"}
-    with asyncio.Runner() as runner:
+    with logging_restored(), asyncio.Runner() as runner:
         for block in blocks(page):
             if block.lang != "python":
                 continue
