@@ -203,10 +203,10 @@ class Listener:
         self.supervisor = task
 
     def _supervisor_done(self, task: asyncio.Task[None]) -> None:
-        if self.closing or task is not self.supervisor or task.cancelled():
-            return  # closing, or its loop is shutting down: nothing to restart on
+        if self.closing or task is not self.supervisor:
+            return
         # never expected: _supervise only ends when closing. Say so and start it again.
-        exc = task.exception()
+        exc = None if task.cancelled() else task.exception()
         logger.critical("Redis listener supervisor stopped unexpectedly (%r); restarting", exc)
         self.errors += 1
         self.state.mark_down(RedisConnectionError(f"the listener supervisor stopped: {exc!r}"))
