@@ -90,7 +90,7 @@ class Timing:
     #: Silence after which the listener's connection is declared dead (it PINGs every
     #: quarter of it when idle): how long a silent partition can go unnoticed.
     health_check_interval: float = 2.0
-    #: Lifetime of this process's presence entries; they are rewritten every third of it.
+    #: Lifetime of this process's presence entries; their TTL is renewed every third of it.
     presence_ttl: float = 30.0
     #: (first delay, cap) of the listener's reconnection backoff, with full jitter; reset by
     #: every successful session, so that a healed link is used again within about a second.
