@@ -278,6 +278,32 @@ async def test_an_expired_token_closes_its_open_socket_with_4401(site: Site) -> 
     assert all(at >= expires for _, at in closes)  # not before the token lapsed
 
 
+@jwt_sites
+async def test_a_refresh_before_expiry_keeps_the_socket_open(site: Site) -> None:
+    """A fresh token of the same user sent on the open socket (``ag.refresh``) outlives the
+    first one, whichever way the first rode: the sockets are still served after it lapsed."""
+    greg = await site.login("greg")
+    token = await site.mint(greg.user_id, SHORT_LIFETIME)
+    expires = float(claims(token)["exp"])
+    fresh = await site.mint(greg.user_id, 60)
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(carrier.connect(site.address))
+            for carrier in site.carriers(token)
+        ]
+        for ws in sockets:
+            assert (await hello(ws))["id"] == greg.user_id
+            await ws.send(json.dumps({"type": "ag.refresh", "id": 1, "token": fresh}))
+            answer = json.loads(await asyncio.wait_for(ws.recv(), SLACK))
+            assert (answer["type"], answer["id"]) == ("ag.refreshed", 1)
+            assert answer["expires_at"] == claims(fresh)["exp"]
+        # wall-clock time must pass the first token's expiry, several checks beyond it
+        await asyncio.sleep(expires - time.time() + EXPIRY_EVERY * 3)
+        await sockets[0].send(json.dumps({"to": greg.user_id, "text": "END"}))
+        for ws in sockets:  # each still open, and nothing else came (no close, no error)
+            assert await asyncio.wait_for(until_marker(ws, "END"), SLACK) == {}
+
+
 async def test_each_example_serves_under_uvicorn_by_its_import_path(tmp_path: Path) -> None:
     """``uvicorn examples.auth.<name>:app``, as its docstring says: log in, get recognised."""
     with contextlib.ExitStack() as stack:
