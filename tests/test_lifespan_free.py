@@ -106,7 +106,10 @@ def run_in_two_loops(registry: Registry, second: Any) -> Any:
 # The Redis listener's supervisor restarts whenever it is cancelled from outside (see
 # test_redis_faults), and the first loop's shutdown cancels it so: the restart on that dying
 # loop leaves a pending task, collected here (gc.collect) and reported as unraisable.
-REDIS_LEFTOVERS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+REDIS_LEFTOVERS = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning"),
+]
 
 
 @pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=REDIS_LEFTOVERS)])
@@ -158,7 +161,8 @@ def test_sync_calls_after_the_loop_closed_use_a_private_loop(
     assert [r.getMessage()[: len(WARNING)] for r in caplog.records] == [WARNING]
 
 
-@REDIS_LEFTOVERS
+@REDIS_LEFTOVERS[0]
+@REDIS_LEFTOVERS[1]
 def test_a_backend_instance_on_a_closed_loop_is_refused_with_what_to_do(
     redis_server: RedisServer, prefix: str
 ) -> None:

@@ -345,7 +345,7 @@ def test_two_registries_on_redis_follow_the_model(redis_server: RedisServer) -> 
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=25,
+            max_examples=15,
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
