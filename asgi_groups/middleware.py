@@ -37,7 +37,7 @@ from .revalidation import (
     Revalidator,
     Watched,
 )
-from .stream import REFRESH, REFRESHED, error_frame, protocol_frame
+from .stream import REFRESH, REFRESHED, error_frame, protocol_frame, request_id_of
 from .types import (
     ASGIApp,
     Message,
@@ -431,7 +431,7 @@ class GroupsMiddleware:
             return False
         if not isinstance(frame, dict) or frame.get("type") != REFRESH:
             return False
-        request_id = frame.get("id")
+        request_id = request_id_of(frame)
         token = frame.get("token")
         assert watched.renew is not None
         try:

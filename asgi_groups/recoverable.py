@@ -34,6 +34,7 @@ from .stream import (
     history_frame,
     parse_positions,
     protocol_frame,
+    request_id_of,
 )
 from .types import Receive, Scope, Send
 from .views import WsView
@@ -48,8 +49,6 @@ NO_POSITION = "no position"
 NOT_SUBSCRIBED = "not subscribed"
 #: Close code for a protocol violation (a second hello).
 PROTOCOL_ERROR = 4400
-#: Longest ``id`` of a history request echoed back.
-MAX_REQUEST_ID = 64
 
 
 class _JsonStream(Stream):
@@ -81,16 +80,6 @@ def _coalescing(limits: QueueLimits, coalesce: int) -> QueueLimits:
             limits, coalesce=coalesce, coalesce_json_only=True
         )
     return found
-
-
-def _request_id(body: dict[str, Any]) -> int | str | None:
-    """A request's ``id`` to echo in the answer: an integer or a short string, else None."""
-    request_id = body.get("id")
-    if (type(request_id) is int and abs(request_id) < 2**53) or (
-        isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID
-    ):
-        return request_id
-    return None
 
 
 class RecoverableView(WsView):
@@ -177,10 +166,10 @@ class RecoverableView(WsView):
             await self._history(body)
         elif kind == REFRESH:  # the middleware renews token sockets; this one has none
             detail = "this socket's credential cannot be refreshed"
-            await self._reply(error_frame("refresh_refused", detail, _request_id(body)))
+            await self._reply(error_frame("refresh_refused", detail, request_id_of(body)))
         else:
             detail = f"unknown protocol frame {kind[:40]!r}"
-            await self._reply(error_frame("invalid", detail, _request_id(body)))
+            await self._reply(error_frame("invalid", detail, request_id_of(body)))
 
     def _no_hello(self) -> None:
         """No hello in time: start the client as a new one (nothing to recover)."""
@@ -253,7 +242,7 @@ class RecoverableView(WsView):
                 return
 
     async def _history(self, body: dict[str, Any]) -> None:
-        request_id = _request_id(body)
+        request_id = request_id_of(body)
         if request_id is None and body.get("id") is not None:
             await self._reply(error_frame("invalid", "id must be an integer or a short string"))
             return

@@ -30,6 +30,7 @@ __all__ = [
     "message_frame",
     "parse_positions",
     "protocol_frame",
+    "request_id_of",
 ]
 
 #: ``type`` of the protocol's frames (docs/PROTOCOL.md); the prefix is reserved.
@@ -42,6 +43,8 @@ ERROR = "ag.error"
 REFRESH = "ag.refresh"
 REFRESHED = "ag.refreshed"
 
+#: Longest string ``id`` of a request echoed in its answer.
+MAX_REQUEST_ID = 64
 #: Longest epoch accepted from a client (ours are 16 hex digits, a colon and a counter).
 MAX_EPOCH = 64
 #: Most channel positions one hello may carry.
@@ -173,6 +176,16 @@ def history_frame(
         separators=(",", ":"),
     )
     return Frame.text(f'{head[:-1]},"messages":[{messages}]}}')
+
+
+def request_id_of(body: Mapping[str, Any]) -> int | str | None:
+    """A request's ``id`` to echo in the answer: an integer or a short string, else None."""
+    value = body.get("id")
+    if (type(value) is int and abs(value) < 2**53) or (
+        isinstance(value, str) and len(value) <= MAX_REQUEST_ID
+    ):
+        return value
+    return None
 
 
 def error_frame(error: str, detail: str, request_id: object = None) -> Frame:

@@ -253,6 +253,7 @@ async def test_a_bad_refresh_is_refused_and_the_old_expiry_stands(site: Site) ->
                 "refresh_refused",
             )
         assert "another user" in (await refresh(ws, other, 9))["detail"]
+        assert "id" not in await refresh(ws, other, ["not", "an", "id"])  # type: ignore[arg-type]
         site.clock.now += LIFETIME + 1
         assert await closed_with(ws) == 4401
 
