@@ -59,6 +59,15 @@ async def test_the_chat_works_without_lifespan(site: Site) -> None:
         await tabs["mike"].send({"type": "BroadCast", "text": "everyone"})
         assert await receivers(tabs, "broadcast", "everyone") == list(tabs)
 
+        # an HTTP handler sends too: an announcement reaches every page, as greg's broadcast
+        async with httpx.AsyncClient(base_url=site.base) as http:
+            text = {"text": "from an HTTP handler"}
+            assert (await http.post("/announce", json=text)).status_code == 401  # anonymous
+            cookie = {"Cookie": await site.cookie("greg")}
+            sent = await http.post("/announce", json=text, headers=cookie)
+            assert sent.status_code == 200, sent.text
+        assert await receivers(tabs, "broadcast", "from an HTTP handler") == list(tabs)
+
         # logout over HTTP closes that user's socket with 4401; the others stay
         async with httpx.AsyncClient(base_url=site.base) as http:
             logout = await http.post("/logout", headers={"Cookie": await site.cookie("lisa")})

@@ -119,6 +119,14 @@ def test_chat_app_under_testclient(module: Any, config: ChatConfig) -> None:
             greg.send_json({"type": "Group", "group": "boys", "text": "hi"})
             got = frames(chuck, "group")
             assert (got["from"], got["text"]) == ("greg", "hi")
+            as_chuck = {"cookie": cookies["chuck"]}
+            bad = client.post("/announce", json={"text": ""}, headers=as_chuck)
+            assert bad.status_code == 400 and "text" in bad.json()["error"]
+            ok = client.post("/announce", json={"text": "from HTTP"}, headers=as_chuck)
+            assert ok.status_code == 200
+            for sock in (greg, chuck):
+                got = frames(sock, "broadcast")
+                assert (got["from"], got["text"]) == ("chuck", "from HTTP")
             client.post("/logout", headers={"cookie": cookies["greg"]})
             with pytest.raises(WebSocketDisconnect) as closed:
                 frames(greg, "never")

@@ -24,7 +24,7 @@ from asgi_groups import AsgiGroupsError, Registry, codes
 from asgi_groups.auth import AuthUser, SqlUserStore, UserExists
 from asgi_groups.browser import ClientScript
 from asgi_groups.history import HistoryLimits
-from asgi_groups.messaging import ChatMessage, MessagingView, UserRef
+from asgi_groups.messaging import DEFAULT_MAX_TEXT_BYTES, ChatMessage, MessagingView, UserRef
 from asgi_groups.recoverable import RecoverableView
 from asgi_groups.types import ASGIApp, Receive, Scope, Send
 
@@ -68,6 +68,9 @@ WS_PATH = "/ws"
 CLIENT_SCRIPT_PATH = "/asgi-groups.js"
 #: Largest login request body accepted, in bytes.
 MAX_LOGIN_BODY = 4096
+#: Longest announcement text, and body (the text plus a little JSON, escapes included).
+MAX_TEXT_BYTES = DEFAULT_MAX_TEXT_BYTES
+MAX_ANNOUNCE_BODY = 8 * MAX_TEXT_BYTES
 #: Longest username / password accepted at login.
 MAX_USERNAME = 150
 MAX_PASSWORD = 1024
@@ -262,6 +265,39 @@ async def check_login(
     if user is None:
         return 401, {"error": "Invalid username or password"}, None
     return 200, {"success": f"Welcome back, {user.username}"}, user
+
+
+async def announce(
+    registry: Registry, store: SqlUserStore, session: Mapping[str, Any], payload: bytes | str
+) -> tuple[int, dict[str, str]]:
+    """Broadcast ``{"text": ...}`` from an HTTP handler, as the logged-in user's broadcast.
+
+    Returns ``(200, {"success": ...})``, or 401 (not logged in), 400 (bad body) or 503 (the
+    backend is down: not sent). Any code can send like this; nothing needs a socket.
+    """
+    user = await store.load(session)
+    if user is None:
+        return 401, {"error": "log in first"}
+    try:
+        data: Any = json.loads(payload) if len(payload) <= MAX_ANNOUNCE_BODY else None
+    except (ValueError, RecursionError):
+        data = None
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str) or not text.strip() or len(text.encode()) > MAX_TEXT_BYTES:
+        return 400, {"error": f'send JSON: {{"text": ...}}, 1 to {MAX_TEXT_BYTES} bytes'}
+    message = ChatMessage(
+        type="broadcast",
+        from_=user.username,
+        text=text,
+        ts=round(time.time(), 3),
+        id=uuid.uuid4().hex,
+    )
+    try:
+        await registry.broadcast(message.frame())
+    except AsgiGroupsError as exc:  # the backend is down, the registry closed
+        logger.warning("announcement of user %s not sent: %s", user.id, exc)
+        return 503, {"error": "not sent, try again"}
+    return 200, {"success": "sent to everyone"}
 
 
 async def log_out(registry: Registry, user_id: object) -> None:

@@ -25,6 +25,7 @@ from examples.chat.common import (
     ChatConfig,
     PreparedStore,
     amqp_source,
+    announce,
     chat_view,
     check_login,
     log_out,
@@ -68,6 +69,11 @@ def create_app(config: ChatConfig | None = None) -> FastAPI:
         request.session.clear()
         await log_out(registry, user_id)
         return JSONResponse({"success": "Logged out"})
+
+    @app.post("/announce")
+    async def send_announcement(request: Request, registry: CurrentRegistry) -> JSONResponse:
+        status, body = await announce(registry, store, request.session, await request.body())
+        return JSONResponse(body, status_code=status)
 
     @app.get("/", response_class=HTMLResponse)
     async def index(request: Request) -> Response:

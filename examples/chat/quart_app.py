@@ -22,6 +22,7 @@ from examples.chat.common import (
     ChatView,
     PreparedStore,
     amqp_source,
+    announce,
     check_login,
     log_out,
     page,
@@ -66,6 +67,12 @@ def create_app(config: ChatConfig | None = None) -> Quart:
         session.clear()
         await log_out(current_registry(), user_id)
         return {"success": "Logged out"}
+
+    @app.post("/announce")
+    async def send_announcement() -> ResponseReturnValue:
+        payload = await request.get_data()
+        status, body = await announce(current_registry(), store, dict(session), payload)
+        return body, status
 
     @app.get("/")
     async def index() -> ResponseReturnValue:

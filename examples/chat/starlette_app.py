@@ -31,6 +31,7 @@ from examples.chat.common import (
     ChatView,
     PreparedStore,
     amqp_source,
+    announce,
     check_login,
     log_out,
     page,
@@ -68,6 +69,11 @@ def create_app(config: ChatConfig | None = None) -> Starlette:
         await log_out(current_registry(request), user_id)
         return JSONResponse({"success": "Logged out"})
 
+    async def send_announcement(request: Request) -> Response:
+        registry = current_registry(request)
+        status, body = await announce(registry, store, request.session, await request.body())
+        return JSONResponse(body, status_code=status)
+
     async def index(request: Request) -> Response:
         if await store.load(request.session) is None:
             return RedirectResponse("/login", status_code=303)
@@ -79,6 +85,7 @@ def create_app(config: ChatConfig | None = None) -> Starlette:
             Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
+            Route("/announce", send_announcement, methods=["POST"]),
             Route(CLIENT_SCRIPT_PATH, ClientScript()),
             WebSocketRoute(WS_PATH, ChatView.as_asgi(store=store)),
             *(Route(path, probe) for path, probe in operations_routes(registry).items()),
