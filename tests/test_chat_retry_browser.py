@@ -7,6 +7,7 @@ example, its socket answered by the test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -59,9 +60,19 @@ class ScriptedServer:
     per chat message the page sends (``"echo"``: the message's copy, as every page gets it;
     an ``"id"`` of ``None``: the message's own id)."""
 
-    def __init__(self, answers: list[list[Any]]) -> None:
+    def __init__(self, answers: list[list[Any]], hello: dict[str, Any] | None = None) -> None:
         self.answers = answers
+        self.hello = hello or {}
         self.received: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+
+    async def until(self, count: int) -> list[dict[str, Any]]:
+        """The chat messages received, once there are ``count`` of them."""
+        async with asyncio.timeout(TIMEOUT_MS / 1000):
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.received
 
     async def __call__(self, ws: WebSocketRoute) -> None:
         def answer(raw: str | bytes) -> None:
@@ -70,10 +81,11 @@ class ScriptedServer:
                 welcome = {"type": "ag.welcome", "connection": "c1", "user": "1"}
                 welcome |= {"recovered": True, "channels": {}}
                 hello = {"type": "hello", "user": "greg", "groups": ["boys"]}
-                hello |= {"all_groups": ["boys"], "users": []}
+                hello |= {"all_groups": ["boys"], "users": [], **self.hello}
                 ws.send("\n".join(json.dumps(f) for f in (welcome, hello)))
                 return
             self.received.append(message)
+            self.arrived.set()
             copy = {"type": "group", "from": "greg", "text": message["text"], "group": "boys"}
             copy |= {"id": message["id"], "ts": 1_700_000_000}
             for frame in self.answers[len(self.received) - 1]:
@@ -147,4 +159,21 @@ async def test_a_message_not_sent_twice_is_reported_and_not_sent_a_third_time(
     first, second, third = server.received
     assert first == second and first["text"] == "hello boys"
     assert third["text"] == "next" and third["id"] != first["id"]
+    await page.context.close()
+
+
+async def test_a_directory_too_big_to_list_takes_the_recipient_by_name(
+    browser: Browser, site: str
+) -> None:
+    """A hello with ``users_complete: false`` lists nobody: a direct message takes the name
+    typed in a field instead of a choice in the (empty) list."""
+    server = ScriptedServer([["echo"], []], hello={"users_complete": False})
+    page = await chat_page(browser, site, server)
+    await page.select_option("#kind", "Direct")
+    await async_api.expect(page.locator("#user")).to_be_hidden()
+    await page.fill("#user-name", " Lisa ")
+    await page.fill("#text", "psst")
+    await page.press("#text", "Enter")
+    direct = (await server.until(2))[1]
+    assert (direct["type"], direct["user_name"], direct["text"]) == ("Direct", "Lisa", "psst")
     await page.context.close()
