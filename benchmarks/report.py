@@ -17,6 +17,12 @@ RECOVERY_LINK = (
     "History and recovery (cost of history per delivery, reconnect storms): "
     "[RECOVERY.md](RECOVERY.md), from `python -m benchmarks.recovery`."
 )
+#: Storms, small rooms, servers and the cost of metrics are in PERFORMANCE.md, from their own runs.
+PERFORMANCE_LINK = (
+    "Reconnect storms, small rooms and direct messages, every server, and the cost of metrics: "
+    "[PERFORMANCE.md](PERFORMANCE.md), from `python -m benchmarks.storm`, `benchmarks.rooms` "
+    "and `benchmarks.metrics`."
+)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -278,6 +284,7 @@ def render(
         f"{when} — {mode} run (`{command}`), {seconds:.0f} s. How to read this: "
         "[README.md](README.md).",
         RECOVERY_LINK,
+        PERFORMANCE_LINK,
         "## Machine",
         "\n".join(f"- {k}: {v}" for k, v in machine.items()),
         "## Software",
