@@ -43,6 +43,19 @@ class CliParser(argparse.ArgumentParser):
     commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
+def _add_redis(parser: argparse.ArgumentParser) -> None:
+    """``--redis URL`` and ``--prefix P``: where the app's processes meet."""
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_ENV),
+        metavar="URL",
+        help=f"the app's Redis URL (default: ${REDIS_ENV})",
+    )
+    parser.add_argument(
+        "--prefix", default=None, help="the app's key/channel prefix (default: asgi_groups)"
+    )
+
+
 def _add_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
@@ -124,15 +137,7 @@ def build_parser() -> CliParser:
         description="Publish MESSAGE once through Redis to every process of the app: the "
         "sockets in GROUP, every tab of USER, or every socket.",
     )
-    send_parser.add_argument(
-        "--redis",
-        default=os.environ.get(REDIS_ENV),
-        metavar="URL",
-        help=f"the app's Redis URL (default: ${REDIS_ENV})",
-    )
-    send_parser.add_argument(
-        "--prefix", default=None, help="the app's key/channel prefix (default: asgi_groups)"
-    )
+    _add_redis(send_parser)
     target = send_parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--group", help="send to every socket in GROUP")
     target.add_argument("--user", metavar="USER_ID", help="send to every tab of USER_ID")
@@ -156,15 +161,7 @@ def build_parser() -> CliParser:
         description="Read the stats each process publishes to Redis (asgi_groups.metrics."
         "operations_routes or health.StatsReporter) and show them per process and in total.",
     )
-    stats_parser.add_argument(
-        "--redis",
-        default=os.environ.get(REDIS_ENV),
-        metavar="URL",
-        help=f"the app's Redis URL (default: ${REDIS_ENV})",
-    )
-    stats_parser.add_argument(
-        "--prefix", default=None, help="the app's key/channel prefix (default: asgi_groups)"
-    )
+    _add_redis(stats_parser)
     stats_parser.add_argument("--group", help="also show who is in GROUP, over every process")
     stats_parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
     stats_parser.set_defaults(handler=stats)
