@@ -87,6 +87,7 @@ SYSTEMS = {
     s.name: s
     for s in (
         ChatSystem("raw", "raw ASGI (accept, echo)", "raw", dialect="raw"),
+        ChatSystem("raw-chat", "raw ASGI chat (dicts, no checks)", "raw", "chat"),
         ChatSystem("groups", "asgi_groups MessagingView (memory)", "groups"),
         ChatSystem("groups-nolist", "asgi_groups, hellos list no users", "groups", "nolist"),
         ChatSystem("groups-redis", "asgi_groups MessagingView (Redis)", "groups", "redis"),
@@ -169,12 +170,57 @@ def raw_app() -> Any:
     return app
 
 
+def raw_chat_app(people: list[Person]) -> Any:
+    """The least any ASGI app does for the chat, the floor under every system: the user id from
+    a plain cookie (no signature, no store), rooms in a dict, JSON in and out, one ``send`` per
+    recipient; no validation, no limits, no error handling."""
+    rooms: dict[str, set[Any]] = {}
+    sockets: dict[str, Any] = {}
+    known = {str(p.id): p for p in people}
+    ids = {p.name: str(p.id) for p in people}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        cookie = dict(scope["headers"]).get(b"cookie", b"").decode()
+        person = known[cookie.partition("=")[2]]
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        sockets[str(person.id)] = send
+        for group in person.groups:
+            rooms.setdefault(group, set()).add(send)
+        try:
+            while True:
+                event = await receive()
+                if event["type"] == "websocket.disconnect":
+                    return
+                message = json.loads(event["text"])
+                kind = message["type"]
+                out = {"type": kind, "from": person.name, "text": message["text"]}
+                if kind == "Group":
+                    out["group"] = message["group"]
+                    targets = list(rooms.get(message["group"], ()))
+                else:
+                    targets = [sockets[ids[message["user_name"]]]]
+                data = {"type": "websocket.send", "text": json.dumps(out)}
+                for target in targets:
+                    await target(data)
+        finally:
+            sockets.pop(str(person.id), None)
+            for group in person.groups:
+                rooms[group].discard(send)
+
+    return app
+
+
 def build(config: dict[str, Any]) -> tuple[Any, dict[int, str]]:
     """The ASGI app of ``config["system"]`` and the login (credential) of every user."""
     system = SYSTEMS[config["system"]]
     people = [Person(i, name, frozenset(groups)) for i, name, groups in config["people"]]
     options = Options(**config["options"])
     redis_url = config.get("redis")
+    if system.app == "raw" and system.variant == "chat":
+        return raw_chat_app(people), {p.id: f"user={p.id}" for p in people}
     if system.app == "raw":
         return raw_app(), {}
     if system.app == "groups":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -24,7 +25,9 @@ from asgi_groups.messaging import (
     StaticDirectory,
     TokenBucket,
     WindowCounter,
+    ChatMessage,
     decode_inbound,
+    new_message_id,
 )
 from asgi_groups.testing import WebSocketTestClient
 from asgi_groups.types import ASGIApp
@@ -224,6 +227,50 @@ def test_token_bucket_and_window_counter() -> None:
     assert counter.hit(11.5)  # the first two have left the window
     with pytest.raises(ValueError):
         TokenBucket(rate=0, burst=1, now=0.0)
+
+
+@given(
+    st.sampled_from(["broadcast", "group", "direct"]),
+    st.text(max_size=40),
+    st.text(max_size=200),
+    st.one_of(st.none(), st.text(max_size=20)),
+    st.one_of(st.none(), st.text(max_size=20)),
+)
+def test_a_message_frame_is_what_the_model_would_write(
+    kind: str, sender: str, text: str, group: str | None, to: str | None
+) -> None:
+    """The view builds delivered messages without a model; the bytes are the model's own."""
+    frame = ChatMessage.frame_of(kind, sender, text, "id-1", group=group, to=to)
+    written = json.loads(frame.event["text"])
+    model = ChatMessage(**{k: v for k, v in written.items() if k != "from"}, from_=written["from"])
+    expected = model.frame()
+    assert (frame.event, frame.size, frame.json) == (expected.event, expected.size, expected.json)
+    assert (model.type, model.from_, model.text, model.group, model.to) == (
+        kind,
+        sender,
+        text,
+        group,
+        to,
+    )
+
+
+def test_server_message_ids_are_unique_valid_and_differ_in_a_forked_worker() -> None:
+    ids = [new_message_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    for message_id in ids[:3] + ids[-3:]:
+        parsed = decode_inbound(json.dumps({"type": "Broadcast", "text": "x", "id": message_id}))
+        assert not isinstance(parsed, InboundError) and parsed.id == message_id
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: names its next message and leaves at once
+        os.write(write, new_message_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    mine = new_message_id()
+    assert child.split("-")[0] != mine.split("-")[0]
 
 
 # -- routing -----------------------------------------------------------------------------------

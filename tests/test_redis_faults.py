@@ -170,6 +170,22 @@ async def test_a_publish_left_without_a_reply_is_unknown_and_indeed_may_arrive(
         await proxy.close()
 
 
+async def test_concurrent_publishes_each_arrive_once(make: MakeRegistry) -> None:
+    """Publishes share one connection kept for them and the pool: two hundred at once, from a
+    plain and a recoverable group, each arrive exactly once and none is refused."""
+    subscriber = await make(history=HistoryLimits())
+    inbox = await member(subscriber, 1, "boys")
+    publisher = await make(listen=False, history=HistoryLimits())
+    sent = [f"m{i}" for i in range(200)]
+    await asyncio.gather(
+        *(publisher.send_group("boys", text, history=i % 2 == 0) for i, text in enumerate(sent))
+    )
+    got = [await inbox.text() for _ in sent]
+    assert sorted(got) == sorted(sent)
+    assert inbox.empty()
+    assert publisher.stats().backend["errors"] == 0
+
+
 async def test_a_silent_half_open_link_is_detected_and_repaired(
     make: MakeRegistry, redis_server: RedisServer
 ) -> None:

@@ -42,10 +42,10 @@ from .redis_client import (
     NETWORK_ERRORS,
     ClientOptions,
     Clients,
+    PublishLine,
     RedisOptions,
     Timing,
     Unanswered,
-    execute_once,
     parse_sentinel_url,
     safe_url,
     settings,
@@ -206,9 +206,11 @@ class RedisBackend(Backend):
         After a restart or a failover every idle pooled connection is dead; a publish on one
         would fail after its write, with an unknown outcome, instead of simply succeeding.
         """
-        commands = self._clients.commands
+        commands, line = self._clients.commands, self._clients.line
         if self._state.ever_up and commands is not None:
             await commands.connection_pool.disconnect(inuse_connections=False)
+        if self._state.ever_up and line is not None:
+            await line.reset()
         if commands is not None:
             await self._read_buffer_limit(commands)
         await self._presence.rewrite()
@@ -306,9 +308,9 @@ class RedisBackend(Backend):
         self, kept: RedisHistory, channel: str, frame: Frame, exclude: str | None
     ) -> Position:
         """Append to the channel's history and publish with the position: one script."""
-        redis = self._reachable("the message was not sent")
+        line = self._publish_line()
         try:
-            position = await kept.publish(redis, channel, frame, exclude)
+            position = await kept.publish(line, channel, frame, exclude)
         except NETWORK_ERRORS as exc:
             raise self._publish_failed(exc) from exc
         self._published += 1
@@ -352,13 +354,9 @@ class RedisBackend(Backend):
         return found
 
     async def _publish(self, key: str, data: bytes) -> None:
-        redis = self._clients.commands
-        if redis is None or (self.down and self.listen):
-            raise BackendUnavailable(
-                f"Redis at {safe_url(self.url)} is unreachable; the message was not sent"
-            )
+        line = self._publish_line()
         try:
-            await execute_once(redis, "PUBLISH", key, data)
+            await line.execute("PUBLISH", key, data)
         except NETWORK_ERRORS as exc:
             raise self._publish_failed(exc) from exc
 
@@ -419,6 +417,12 @@ class RedisBackend(Backend):
         if self._history is None:
             raise HistoryUnavailable("history is off: Registry(history=HistoryLimits(...))")
         return self._history
+
+    def _publish_line(self) -> PublishLine:
+        """Where publishes go, or ``BackendUnavailable`` while Redis is known to be down."""
+        self._reachable("the message was not sent")
+        assert self._clients.line is not None  # opened with the command client
+        return self._clients.line
 
     def _reachable(self, consequence: str) -> Redis:
         """The command client, or ``BackendUnavailable`` while Redis is known to be down."""

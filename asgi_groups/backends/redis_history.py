@@ -42,7 +42,7 @@ from redis.exceptions import NoScriptError
 
 from ..frames import Frame
 from ..history import Entry, HistoryLimits, Position, Recovery, decide, new_epoch
-from .redis_client import execute_once
+from .redis_client import PublishLine
 from .redis_wire import Names, envelope_head, frame_flags, payload_bytes, rebuild_frame
 
 __all__ = ["LATEST", "PUBLISH", "RECOVER", "RedisHistory"]
@@ -202,10 +202,10 @@ class RedisHistory:
         return self.names.history_key(channel), self.names.history_meta_key(channel)
 
     async def publish(
-        self, redis: Redis, channel: str, frame: Frame, exclude: str | None
+        self, line: PublishLine, channel: str, frame: Frame, exclude: str | None
     ) -> Position:
         """Append ``frame`` to ``channel``'s history and publish it with its position."""
-        script = self._bound(redis)[0]
+        script = self._bound(line.client)[0]
         args = (
             new_epoch(),
             self._size,
@@ -218,9 +218,9 @@ class RedisHistory:
         )
         keys = self._keys(channel)
         try:  # once, never retried: a publish must not run twice (see execute_once)
-            reply = await execute_once(redis, "EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await line.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:  # not run: a restarted Redis does not know the script yet
-            reply = await execute_once(redis, "EVAL", script.script, len(keys), *keys, *args)
+            reply = await line.execute("EVAL", script.script, len(keys), *keys, *args)
         epoch, offset = reply
         self.published += 1
         return Position(_text(epoch), int(offset))

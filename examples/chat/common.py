@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -24,7 +23,13 @@ from asgi_groups import AsgiGroupsError, Registry, codes
 from asgi_groups.auth import AuthUser, SqlUserStore, UserExists
 from asgi_groups.browser import ClientScript
 from asgi_groups.history import HistoryLimits
-from asgi_groups.messaging import DEFAULT_MAX_TEXT_BYTES, ChatMessage, MessagingView, UserRef
+from asgi_groups.messaging import (
+    DEFAULT_MAX_TEXT_BYTES,
+    ChatMessage,
+    MessagingView,
+    UserRef,
+    new_message_id,
+)
 from asgi_groups.recoverable import RecoverableView
 from asgi_groups.types import ASGIApp, Receive, Scope, Send
 
@@ -290,7 +295,7 @@ async def announce(
         from_=user.username,
         text=text,
         ts=round(time.time(), 3),
-        id=uuid.uuid4().hex,
+        id=new_message_id(),
     )
     try:
         await registry.broadcast(message.frame())
@@ -438,7 +443,7 @@ class ChatDecoder:
             chat = _QueuedChat.model_validate(body.data)
         except ValidationError as exc:
             raise Undeliverable(Reason.INVALID, f"data: {exc.errors()[0]['msg']}") from None
-        message_id = incoming.message_id or uuid.uuid4().hex
+        message_id = incoming.message_id or new_message_id()
         envelope: dict[str, Any] = {"from_": chat.from_, "text": chat.text, "id": message_id}
         envelope["ts"] = round(time.time(), 3)
         if body.target == "group":
