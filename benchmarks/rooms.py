@@ -5,7 +5,10 @@ Each system (``--systems``, see ``chat.py``) runs a chat server with ``--sockets
 users in rooms of ``--room`` each, presence off: asgi_groups' MessagingView (memory, Redis),
 Django Channels (``AuthMiddlewareStack``, database sessions and users; ``InMemoryChannelLayer``,
 ``RedisChannelLayer``, ``RedisPubSubChannelLayer``) and python-socketio (default manager,
-``AsyncRedisManager``); the harness starts a redis-server for each Redis variant. For ``--rate``
+``AsyncRedisManager``); the harness starts a redis-server for each Redis variant. ``raw-chat``
+is the floor under all of them: the least an ASGI app does for the same messages on the same
+server (a plain cookie, rooms in a dict, one ``send`` per recipient), so that each system's
+cost above it is the library's own. For ``--rate``
 s⁻¹ over ``--seconds``, random users send a Group message to their room (``rooms``) or a Direct
 message to a random other user (``direct``: Channels and Socket.IO send it to a per-user group
 or room). Reported per system, side by side in one run: server CPU per publish (and Redis's
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -125,12 +129,36 @@ async def run(
         }
 
 
+def merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per workload and system: the median of its rounds (lost: the sum), with the
+    spread of the server's CPU per publish; a system that failed every round keeps its error."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["workload"], r["system"]), []).append(r)
+    merged = []
+    for runs in by.values():
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            merged.append(runs[0])
+            continue
+        row = dict(ok[0])
+        for key in ("server_cpu_per_publish_us", "redis_cpu_per_publish_us", "p50_ms", "p99_ms"):
+            row[key] = statistics.median(r[key] for r in ok)
+        cpus = [r["server_cpu_per_publish_us"] for r in ok]
+        row.update(rounds=len(ok), cpu_min=min(cpus), cpu_max=max(cpus))
+        row["lost"] = sum(r["lost"] for r in ok)
+        row["publishes"] = sum(r["publishes"] for r in ok)
+        merged.append(row)
+    return merged
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """Each row's CPU per publish, against asgi_groups (memory) in all and above ``raw-chat``:
-    the floor every ASGI system pays on this server (reading the frame, one send per
-    recipient), so that what is left is the library's own cost."""
+    """Each system's CPU per publish (the median of its rounds), against asgi_groups (memory)
+    in all and above ``raw-chat``: the floor every ASGI system pays on this server (reading the
+    frame, one send per recipient), so that what is left is the library's own cost."""
+    rows = merge(rows)
     lines = [
-        "| workload | system | sockets | publishes | server CPU/publish (µs) "
+        "| workload | system | sockets | publishes | server CPU/publish (µs; rounds' range) "
         "| vs asgi_groups (memory) | above the floor (µs) | vs asgi_groups above the floor "
         "| Redis CPU/publish (µs) | p50 / p99 (ms) | lost |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -143,6 +171,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['workload']} | {r['system']} | {r['error']} |" + " |" * 8)
             continue
         cpu = r["server_cpu_per_publish_us"]
+        shown = f"{cpu:.0f}"
+        if r.get("rounds", 1) > 1:
+            shown += f" ({r['cpu_min']:.0f} to {r['cpu_max']:.0f})"
         ours, raw = base.get(r["workload"]), floor.get(r["workload"])
         ratio = f"{cpu / ours['server_cpu_per_publish_us']:.2f}x" if ours else "-"
         above = above_ratio = "-"
@@ -155,7 +186,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         redis_cpu = r["redis_cpu_per_publish_us"] if chat.SYSTEMS[r["system"]].redis else "-"
         lines.append(
             f"| {r['workload']} | {r['system']} | {r['sockets']} | {r['publishes']} "
-            f"| {cpu} | {ratio} | {above} | {above_ratio} | {redis_cpu} "
+            f"| {shown} | {ratio} | {above} | {above_ratio} | {redis_cpu} "
             f"| {r['p50_ms']} / {r['p99_ms']} | {r['lost']} |"
         )
     return "\n".join(lines)
@@ -170,11 +201,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds idle before")
     parser.add_argument("--workload", default="rooms,direct")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each system, interleaved")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     log = Path("/tmp/benchmarks-rooms.log")
     jobs = [
-        (system, {"workload": workload}, partial(run, workload, system, args, log))
+        (system, {"workload": workload, "round": k}, partial(run, workload, system, args, log))
+        for k in range(args.rounds)
         for workload in args.workload.split(",")
         for system in chat.choose(args.systems, SYSTEMS)
     ]

@@ -114,24 +114,37 @@ SYSTEMS: tuple[System, ...] = (
         split=True,
         opt_in=True,
     ),
+    System(
+        "asgi_groups-redis-coalesce",
+        "asgi_groups (Redis, coalesce=16)",
+        "asgi_groups",
+        "asgi_groups-redis-coalesce",
+        needs=("asgi_groups.backends.redis", "redis"),
+        redis=True,
+        publisher="asgi_groups",
+        split=True,
+        opt_in=True,
+    ),
 )
 
 BY_NAME = {s.name: s for s in SYSTEMS}
+#: What ``--coalesce`` adds (the Redis one is run by name, for the external publisher).
+COALESCED = "asgi_groups-coalesce"
 PEER_FAMILIES = ("channels", "socketio")
 
 
 def select(names: str | None, *, coalesce: bool = False) -> list[System]:
     """Systems named in ``"a,b,…"`` (all default ones when ``None`` or ``"all"``)."""
     if names is None or names == "all":
-        chosen = [s for s in SYSTEMS if not s.opt_in or (coalesce and s.split)]
+        chosen = [s for s in SYSTEMS if not s.opt_in or (coalesce and s.name == COALESCED)]
     else:
         wanted = [n.strip() for n in names.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in BY_NAME]
         if unknown:
             raise SystemExit(f"unknown systems {unknown}; known: {', '.join(BY_NAME)}")
         chosen = [BY_NAME[n] for n in wanted]
-        if coalesce and BY_NAME["asgi_groups-coalesce"] not in chosen:
-            chosen.append(BY_NAME["asgi_groups-coalesce"])
+        if coalesce and BY_NAME[COALESCED] not in chosen:
+            chosen.append(BY_NAME[COALESCED])
     return chosen
 
 

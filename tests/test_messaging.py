@@ -15,6 +15,7 @@ from asgi_groups import GroupsMiddleware, InMemoryUsers, Registry, SimpleUser, c
 from asgi_groups.errors import BackendUnavailable
 from asgi_groups.messaging import (
     BroadcastIn,
+    ChatMessage,
     DirectIn,
     ErrorCode,
     GroupIn,
@@ -25,7 +26,6 @@ from asgi_groups.messaging import (
     StaticDirectory,
     TokenBucket,
     WindowCounter,
-    ChatMessage,
     decode_inbound,
     new_message_id,
 )

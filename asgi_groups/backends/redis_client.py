@@ -177,7 +177,8 @@ class Timing:
 class ClientOptions:
     """How to open connections to Redis, beyond what the URL says."""
 
-    #: Most connections in the command pool (the listener has one of its own).
+    #: Most connections in the command pool (the listener has one of its own, and publishes one
+    #: more beside the pool: see PublishLine).
     max_connections: int = 50
     #: ``(host, port)`` of Redis Sentinels that find the master named ``service_name``.
     sentinels: Sequence[tuple[str, int]] | None = None
