@@ -264,6 +264,8 @@ class Served:
     port: int
     logins: dict[int, str]
     pids: dict[str, int]
+    #: Clients offer permessage-deflate, as browsers do (False: the server's compression off).
+    compress: bool = True
 
     @property
     def base(self) -> str:
@@ -276,7 +278,7 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def served(
-    system: ChatSystem, people: list[Person], options: Options, log: Path
+    system: ChatSystem, people: list[Person], options: Options, log: Path, *, compress: bool = True
 ) -> AsyncIterator[Served]:
     """Start ``system`` for ``people`` (and its redis-server); stop both on the way out."""
     redis_ctx = redis_server(log) if system.redis else contextlib.nullcontext(None)
@@ -300,7 +302,7 @@ async def served(
                 issued = json.loads((work / "logins.json").read_text())
                 logins = {int(k): v for k, v in issued.items()}
                 pids = {"server": proc.pid} | ({"redis": redis[1]} if redis else {})
-                yield Served(system, proc, port, logins, pids)
+                yield Served(system, proc, port, logins, pids, compress)
             finally:
                 kill(proc)
 
@@ -328,6 +330,7 @@ class Dialect:
             open_timeout=120,
             ping_interval=None,
             max_queue=None,
+            compression="deflate" if served.compress else None,
         )
 
     def group(self, group: str, text: str) -> str:

@@ -80,7 +80,9 @@ async def run(
     # steady traffic only: the storm measures presence
     options = chat.Options(presence=False, echo=False)
     async with (
-        chat.served(system, people(sockets, room), options, log) as server,
+        chat.served(
+            system, people(sockets, room), options, log, compress=args.compression == "on"
+        ) as server,
         chat.Clients(server) as clients,
     ):
         batch = system.connect_batch
@@ -126,6 +128,7 @@ async def run(
             "p50_ms": round(chat.percentile_ms(ordered, 0.5), 2),
             "p99_ms": round(chat.percentile_ms(ordered, 0.99), 2),
             "lost": len(expected),
+            "compression": args.compression,
         }
 
 
@@ -201,6 +204,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds idle before")
     parser.add_argument("--workload", default="rooms,direct")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
+    parser.add_argument(
+        "--compression",
+        choices=("on", "off"),
+        default="on",
+        help="clients offer permessage-deflate (on, as browsers do) or not (off: as with "
+        "asgi_groups.servers.uvicorn_options())",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each system, interleaved")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
