@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
+
+from asgi_groups.messaging import MESSAGE_ID_PATTERN
 
 from .support.servers import serve_process
 
@@ -140,7 +143,7 @@ async def test_unknown_delivery_is_retried_once_with_the_same_id_and_shown_once(
         "trying again"
     )
     first, second = server.received
-    assert first == second and len(first["id"]) == 32
+    assert first == second and re.fullmatch(MESSAGE_ID_PATTERN, first["id"])
     await page.context.close()
 
 

@@ -59,8 +59,9 @@ def test_a_plain_script_gets_one_private_loop_and_one_pool(
             loop_thread = [t for t in threading.enumerate() if t.name == "asgi_groups-sync"]
             assert len(loop_thread) == 1
             assert sync.presence("boys") == {}
-            # one pub/sub connection and one pooled command connection, however many calls
-            assert len(redis_server.clients(name)) == 2
+            # one pub/sub connection, one pooled command connection and the one kept for
+            # publishes, however many calls
+            assert len(redis_server.clients(name)) == 3
         assert not registry.started
         assert redis_server.clients(name) == []
         assert not [t for t in threading.enumerate() if t.name == "asgi_groups-sync"]
