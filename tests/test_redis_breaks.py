@@ -149,6 +149,21 @@ async def test_a_logout_with_redis_down_closes_here_at_once_and_there_when_it_is
     assert await inbox_there.close_code(timeout=GUARD) == 4401
 
 
+async def test_of_two_logouts_sent_late_the_later_one_is_kept(make: MakeRegistry) -> None:
+    """Two processes that logged a user out during an outage send their revocations when it
+    ends, in either order: the one kept for processes that missed both is the later one, which
+    also closes that user's sockets opened between the two."""
+    registry = await make()
+    backend = registry.backend
+    later = {"user_id": "7", "at": 2_000.0, "origin": "b", "code": 4401}
+    earlier = {"user_id": "7", "at": 1_000.0, "origin": "a", "code": 4401}
+    await backend.control("disconnect_user", later)
+    await backend.control("disconnect_user", earlier)  # the late sender of the earlier logout
+    assert (await backend.revocations(["7"]))["7"]["at"] == 2_000.0
+    await backend.control("disconnect_user", {**later, "at": 3_000.0})
+    assert (await backend.revocations(["7"]))["7"]["at"] == 3_000.0
+
+
 @pytest.fixture
 def small_pubsub_buffers(redis_server: RedisServer) -> Iterator[None]:
     """``client-output-buffer-limit pubsub 64kb 32kb 5`` for one test, restored after it."""

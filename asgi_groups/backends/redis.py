@@ -69,6 +69,17 @@ from .redis_wire import (
 
 logger = logging.getLogger("asgi_groups.redis")
 
+#: Keep a user's revocation unless a later one is kept already (two processes that revoked
+#: during an outage send theirs when it ends, in any order), and publish it.
+_REVOKE = """
+local kept = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if kept <= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+end
+return redis.call('PUBLISH', KEYS[3], ARGV[2])
+"""
+
 #: A publish larger than this re-reads Redis' pub/sub buffer limit first, at most every
 #: ``RECHECK_EVERY`` seconds (an operator may have lowered it since it was read).
 RECHECK_ABOVE = 16 * 1024
@@ -324,11 +335,12 @@ class RedisBackend(Backend):
         # kept as well as published: a process that misses the message applies it later
         redis = self._reachable("the revocation was not sent")
         ttl_ms = max(1, int(self.timing.revocation_ttl * 1000))
+        kept = self.names.revoked_key(str(args["user_id"]))
+        at = repr(float(args.get("at", time.time())))
         try:
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.set(self.names.revoked_key(str(args["user_id"])), data, px=ttl_ms)
-                pipe.publish(self.names.control_key, data)
-                await pipe.execute()
+            await redis.register_script(_REVOKE)(
+                keys=[kept, kept + ":at", self.names.control_key], args=[at, data, ttl_ms]
+            )
         except NETWORK_ERRORS as exc:
             raise self._publish_failed(exc) from exc
 
