@@ -139,13 +139,14 @@ async def test_kinds_cover_the_supported_servers() -> None:
     assert {"uvicorn-websockets", "uvicorn-wsproto", "hypercorn", "granian"} <= set(KINDS)
 
 
-#: uvicorn's legacy ``websockets`` implementation (not its default): opt-in, ``-m soak``.
-LEGACY = "uvicorn-websockets"
+#: uvicorn's other implementations (its legacy ``websockets``, and ``wsproto``, which keeps the
+#: suite inside its time): opt-in, ``-m soak``; its default, websockets-sansio, always runs.
+OPT_IN = ("uvicorn-websockets", "uvicorn-wsproto")
 
 
 def marked(kind: str, *marks: pytest.MarkDecorator) -> Any:
-    """``kind`` as a parameter, opt-in when it is the legacy implementation."""
-    return pytest.param(kind, marks=(*marks, pytest.mark.soak) if kind == LEGACY else marks)
+    """``kind`` as a parameter, opt-in for uvicorn's non-default implementations."""
+    return pytest.param(kind, marks=(*marks, pytest.mark.soak) if kind in OPT_IN else marks)
 
 
 @pytest.mark.parametrize("kind", [marked(k) for k in KINDS])
