@@ -98,8 +98,8 @@ async def _execute_on(conn: Connection, args: tuple[Any, ...], bound: float | No
 class PublishLine:
     """A connection of its own for single commands that must run once (publishes).
 
-    A publish on it skips the pool's checkout and redis-py's task per timed write: about half
-    of a publish's cost in this process. One command at a time: a caller that finds it busy
+    A publish on it skips the pool's checkout and redis-py's task per timed write: about a
+    third of a publish's cost in this process. One command at a time: a caller that finds it busy
     runs on the pool (:func:`execute_once`), so concurrent publishes never wait for each other.
     """
 
@@ -124,6 +124,9 @@ class PublishLine:
             return await _execute_on(conn, args, self.timeout)
         finally:
             self._busy = False
+            if conn is not self._conn:  # reset meanwhile: this one is no longer kept
+                with contextlib.suppress(*NETWORK_ERRORS):
+                    await conn.disconnect()
 
     async def reset(self) -> None:
         """Drop the connection (after a reconnect: Redis may have restarted or failed over)."""
