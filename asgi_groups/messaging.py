@@ -36,13 +36,13 @@ from enum import StrEnum
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import from_json, to_json
+from pydantic_core import from_json
 
 from . import codes
 from .channels import group_channel
 from .connection import Connection
 from .errors import AsgiGroupsError, BackendUnavailable, ConnectionClosed, DeliveryUnknown
-from .frames import Frame
+from .frames import Frame, encode_json
 from .limits import KiB
 from .ratelimit import TokenBucket, UserBuckets, WindowCounter, take_all
 from .registry import MAX_GROUP_NAME, Registry
@@ -256,8 +256,7 @@ class ChatMessage(_Outbound):
             fields["group"] = group
         if to is not None:
             fields["to"] = to
-        data = to_json(fields)
-        return Frame({"type": "websocket.send", "text": data.decode()}, len(data), json=True)
+        return encode_json(fields)
 
 
 _id_prefix = os.urandom(6).hex()
