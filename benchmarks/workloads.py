@@ -48,6 +48,27 @@ async def sync(s: Session, n: int, plan: Plan, times: int = 1) -> float:
     return best
 
 
+#: Messages in the burst that times a system which joins queued messages into one frame.
+JOINED_CALIBRATION_M = 16
+
+
+async def per_message(s: Session, n: int, plan: Plan) -> float:
+    """Seconds one message to ``n`` clients takes, to size the bursts (see :func:`choose_m`).
+
+    A system whose frames may carry several messages (``split``: coalescing) is also timed on
+    a burst of :data:`JOINED_CALIBRATION_M`: one message alone shows none of the joining, and
+    would size its bursts as if every message cost a frame.
+    """
+    one = await sync(s, n, plan, times=3)
+    if not s.system.split:
+        return one
+    k = min(plan.burst_m, JOINED_CALIBRATION_M)
+    r = await s.call("burst", 90, m=k, size=plan.size, deadline=60, idle=10)
+    if not r["complete"]:
+        return one
+    return min(one, float(r["seconds"]) / k)
+
+
 def choose_m(plan: Plan, n: int, sync_seconds: float) -> int:
     """``plan.burst_m`` unless that would take longer than the per-burst budget."""
     per_message = max(sync_seconds, 1e-6)
@@ -70,7 +91,7 @@ async def memory(s: Session, plan: Plan) -> Memory:
 
 async def burst(s: Session, plan: Plan, n: int) -> Burst:
     await connect(s, n)
-    m = choose_m(plan, n, await sync(s, n, plan, times=3))
+    m = choose_m(plan, n, await per_message(s, n, plan))
     await s.settle()
     idle = await s.call("idle_cpu", 10, seconds=plan.idle_seconds)
     deadline = max(30.0, 10 * plan.burst_budget)
