@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal, Unpack
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from ..errors import BackendUnavailable, DeliveryUnknown, MessageTooLarge
 from ..frames import Frame
@@ -150,6 +151,8 @@ class RedisBackend(Backend):
             self.names, self.timing, self._subscriptions, self._state, self._reconnected
         )
         self._history: RedisHistory | None = None
+        #: The revocation script, registered with the command client when it is opened.
+        self._revoke: AsyncScript | None = None
         self._published = 0
         self._errors = 0
         self._unknown = 0
@@ -170,6 +173,7 @@ class RedisBackend(Backend):
             return
         self._state.ever_up = False
         redis = self._clients.open_commands()
+        self._revoke = redis.register_script(_REVOKE)
         try:
             async with asyncio.timeout(self.timing.attempt_timeout):
                 await redis.ping()
@@ -338,8 +342,11 @@ class RedisBackend(Backend):
         kept = self.names.revoked_key(str(args["user_id"]))
         at = repr(float(args.get("at", time.time())))
         try:
-            await redis.register_script(_REVOKE)(
-                keys=[kept, kept + ":at", self.names.control_key], args=[at, data, ttl_ms]
+            assert self._revoke is not None  # registered when the command client was opened
+            await self._revoke(
+                keys=[kept, kept + ":at", self.names.control_key],
+                args=[at, data, ttl_ms],
+                client=redis,
             )
         except NETWORK_ERRORS as exc:
             raise self._publish_failed(exc) from exc
